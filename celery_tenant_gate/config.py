@@ -1,0 +1,295 @@
+"""Settings: ``tenant_gate_*`` keys in ``app.conf``, read once into a :class:`GateConfig`.
+
+With Django (``app.config_from_object("django.conf:settings", namespace="CELERY")``)
+the same keys are ``CELERY_TENANT_GATE_*`` in ``settings.py``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any
+from urllib.parse import urlsplit
+
+from .errors import ConfigError
+from .ids import DEFAULT_TENANT_ID_PATTERN
+from .states import State
+from .verdicts import DEFAULT_VERDICTS, Verdict, VerdictPolicy
+
+PREFIX = "tenant_gate_"
+
+#: SuperOffice environments and the host of their State API.
+ENVIRONMENTS: Mapping[str, str] = {
+    "sod": "sod.superoffice.com",
+    "qaonline": "qaonline.superoffice.com",
+    "stage": "qaonline.superoffice.com",  # older SuperOffice pages call qaonline "stage"
+    "online": "online.superoffice.com",
+}
+
+
+def _setting(default: Any, doc: str) -> Any:
+    if isinstance(default, Mapping):  # dataclasses refuse unhashable defaults
+        return field(default_factory=lambda: default, metadata={"doc": doc})
+    return field(default=default, metadata={"doc": doc})
+
+
+@dataclass(frozen=True)
+class GateConfig:
+    """All settings, typed and checked. Build it with :meth:`from_app` or :meth:`from_mapping`.
+
+    Every field is the setting ``tenant_gate_<field>``.
+    """
+
+    redis_url: str | None = _setting(
+        None, "Redis for the shared tenant state. Default: the broker URL when it is Redis."
+    )
+    key_prefix: str = _setting("tenant_gate", "Prefix of every Redis key and channel.")
+    environment: str = _setting(
+        "online", "SuperOffice environment: `sod`, `qaonline` (alias `stage`) or `online`."
+    )
+    state_api_url: str | None = _setting(
+        None,
+        "Base URL of the State API, the tenant id is appended. "
+        "Default: `https://{environment host}/api/state`.",
+    )
+    state_api_connect_timeout: float = _setting(3.05, "Seconds to connect to the State API.")
+    state_api_read_timeout: float = _setting(10.0, "Seconds to wait for its answer.")
+    state_api_retries: int = _setting(
+        2, "Retries after a connection error, timeout, 5xx or 429 (0: no retry)."
+    )
+    state_api_backoff: float = _setting(
+        0.5, "Seconds before the first retry; doubles on each retry."
+    )
+    state_api_backoff_max: float = _setting(
+        10.0, "Longest wait between retries, including a `Retry-After` the server asks for."
+    )
+    min_ttl: float = _setting(5.0, "Shortest time an answer is trusted, whatever `ValidUntil`.")
+    max_ttl: float = _setting(900.0, "Longest time an answer is trusted, whatever `ValidUntil`.")
+    error_retry_interval: float = _setting(
+        10.0, "After a failed State API call, seconds before the tenant is asked again."
+    )
+    grace_period: float = _setting(
+        300.0,
+        "While the State API fails, seconds past its validity that the last known state "
+        "is still used.",
+    )
+    failure_policy: Verdict = _setting(
+        Verdict.HOLD,
+        "Verdict when no usable state is known (`hold` or `run`): fail closed by default.",
+    )
+    verdicts: Mapping[State, Verdict] = _setting(
+        DEFAULT_VERDICTS,
+        "Overrides of the verdict per state, e.g. `{'Deleting': 'hold'}`.",
+    )
+    circuit_failure_threshold: int = _setting(
+        5, "Consecutive State API failures that open the circuit breaker (0: never)."
+    )
+    circuit_reset_timeout: float = _setting(
+        30.0, "Seconds an open circuit refuses calls before one trial call."
+    )
+    lock_timeout: float = _setting(
+        30.0, "Longest time one process may hold a tenant's look-up lock."
+    )
+    tenant_id_pattern: str = _setting(
+        DEFAULT_TENANT_ID_PATTERN, "Regular expression a tenant id must match whole."
+    )
+    local_cache_size: int = _setting(
+        100_000, "Most tenants each process keeps in its in-memory cache."
+    )
+
+    @property
+    def state_api_base(self) -> str:
+        """The State API base URL, without a trailing slash."""
+        if self.state_api_url:
+            return self.state_api_url.rstrip("/")
+        return f"https://{ENVIRONMENTS[self.environment]}/api/state"
+
+    @property
+    def policy(self) -> VerdictPolicy:
+        return VerdictPolicy(
+            verdicts=self.verdicts,
+            failure_verdict=self.failure_policy,
+            grace_period=self.grace_period,
+        )
+
+    @classmethod
+    def from_mapping(
+        cls, values: Mapping[str, Any], *, broker_url: str | None = None
+    ) -> GateConfig:
+        """Build from ``tenant_gate_*`` keys (other keys are ignored).
+
+        Raises :class:`ConfigError` naming the first key with a bad value, or an
+        unknown ``tenant_gate_*`` key (most likely a typo).
+        """
+        known = {f.name for f in fields(cls)}
+        kwargs: dict[str, Any] = {}
+        for key, value in values.items():
+            if not key.startswith(PREFIX) or value is None:
+                continue
+            name = key[len(PREFIX) :]
+            if name not in known:
+                raise ConfigError(f"unknown setting {key!r}")
+            kwargs[name] = _PARSERS[name](key, value)
+        if "redis_url" not in kwargs and broker_url and _is_redis_url(broker_url):
+            kwargs["redis_url"] = broker_url
+        config = cls(**kwargs)
+        if config.min_ttl > config.max_ttl:
+            raise ConfigError(
+                f"{PREFIX}min_ttl ({config.min_ttl}) must not exceed {PREFIX}max_ttl "
+                f"({config.max_ttl})"
+            )
+        return config
+
+    @classmethod
+    def from_app(cls, app: Any) -> GateConfig:
+        """Build from a Celery app's configuration."""
+        conf = app.conf
+        values = {key: conf.get(key) for key in conf if str(key).startswith(PREFIX)}
+        # Keys set with a namespace (Django's CELERY_TENANT_GATE_*) are only found by get().
+        for f in fields(cls):
+            value = conf.get(PREFIX + f.name)
+            if value is not None:
+                values[PREFIX + f.name] = value
+        broker = conf.get("broker_url")
+        return cls.from_mapping(values, broker_url=broker if isinstance(broker, str) else None)
+
+    def require_redis_url(self) -> str:
+        if not self.redis_url:
+            raise ConfigError(
+                f"{PREFIX}redis_url is not set and the broker is not Redis: "
+                "set it to the Redis that keeps the shared tenant state"
+            )
+        return self.redis_url
+
+
+def settings_doc() -> list[tuple[str, str, str]]:
+    """(key, default, meaning) for every setting: the README's settings table."""
+    rows = []
+    for f in fields(GateConfig):
+        default = f.default
+        shown = default.value if isinstance(default, Verdict) else default
+        if f.name == "verdicts":
+            shown = "see the verdict table"
+        rows.append((PREFIX + f.name, repr(shown), f.metadata["doc"]))
+    return rows
+
+
+def _is_redis_url(url: str) -> bool:
+    return urlsplit(url).scheme in {"redis", "rediss", "unix", "redis+socket"}
+
+
+def _positive(key: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise ConfigError(f"{key} must be a number of seconds, got {value!r}")
+    try:
+        number = float(value)
+    except ValueError:
+        raise ConfigError(f"{key} must be a number of seconds, got {value!r}") from None
+    if not number > 0 or number == float("inf"):
+        raise ConfigError(f"{key} must be a positive number of seconds, got {value!r}")
+    return number
+
+
+def _non_negative(key: str, value: Any) -> float:
+    if value in (0, "0"):
+        return 0.0
+    return _positive(key, value)
+
+
+def _count(key: str, value: Any) -> int:
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{key} must be a whole number, got {value!r}") from None
+    if isinstance(value, (bool, float)) or number < 0:
+        raise ConfigError(f"{key} must be a whole number >= 0, got {value!r}")
+    return number
+
+
+def _text(key: str, value: Any) -> str:
+    if not isinstance(value, str) or not value:
+        raise ConfigError(f"{key} must be a non-empty string, got {value!r}")
+    return value
+
+
+def _url(key: str, value: Any) -> str:
+    text = _text(key, value)
+    parts = urlsplit(text)
+    if parts.scheme not in {"http", "https"} or not parts.netloc:
+        raise ConfigError(f"{key} must be an http(s) URL, got {value!r}")
+    return text
+
+
+def _redis_url(key: str, value: Any) -> str:
+    text = _text(key, value)
+    if not _is_redis_url(text):
+        raise ConfigError(f"{key} must be a redis://, rediss:// or unix:// URL, got {value!r}")
+    return text
+
+
+def _environment(key: str, value: Any) -> str:
+    if value not in ENVIRONMENTS:
+        raise ConfigError(f"{key} must be one of {sorted(ENVIRONMENTS)}, got {value!r}")
+    return str(value)
+
+
+def _verdict(key: str, value: Any, allowed: tuple[Verdict, ...] = tuple(Verdict)) -> Verdict:
+    try:
+        verdict = Verdict(str(value.value if isinstance(value, Verdict) else value).lower())
+    except ValueError:
+        verdict = None
+    if verdict not in allowed:
+        names = ", ".join(v.value for v in allowed)
+        raise ConfigError(f"{key} must be one of {names}, got {value!r}")
+    assert verdict is not None
+    return verdict
+
+
+def _failure_policy(key: str, value: Any) -> Verdict:
+    return _verdict(key, value, (Verdict.HOLD, Verdict.RUN))
+
+
+def _verdicts(key: str, value: Any) -> Mapping[State, Verdict]:
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"{key} must be a mapping of state name to verdict, got {value!r}")
+    table = dict(DEFAULT_VERDICTS)
+    for name, verdict in value.items():
+        state = name if isinstance(name, State) else State.parse(name)
+        if state is State.UNRECOGNISED and str(name).casefold() != "unrecognised":
+            raise ConfigError(f"{key}: unknown state {name!r}")
+        table[state] = _verdict(f"{key}[{name!r}]", verdict)
+    return table
+
+
+def _pattern(key: str, value: Any) -> str:
+    text = _text(key, value)
+    try:
+        re.compile(text)
+    except re.error as exc:
+        raise ConfigError(f"{key} is not a valid regular expression: {exc}") from None
+    return text
+
+
+_PARSERS: dict[str, Callable[[str, Any], Any]] = {
+    "redis_url": _redis_url,
+    "key_prefix": _text,
+    "environment": _environment,
+    "state_api_url": _url,
+    "state_api_connect_timeout": _positive,
+    "state_api_read_timeout": _positive,
+    "state_api_retries": _count,
+    "state_api_backoff": _positive,
+    "state_api_backoff_max": _positive,
+    "min_ttl": _positive,
+    "max_ttl": _positive,
+    "error_retry_interval": _positive,
+    "grace_period": _non_negative,
+    "failure_policy": _failure_policy,
+    "verdicts": _verdicts,
+    "circuit_failure_threshold": _count,
+    "circuit_reset_timeout": _positive,
+    "lock_timeout": _positive,
+    "tenant_id_pattern": _pattern,
+    "local_cache_size": _count,
+}

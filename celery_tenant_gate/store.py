@@ -1,0 +1,177 @@
+"""The shared tenant state in Redis: one hash a tenant, a set of paused tenants, a lock
+a tenant for look-ups, and a pub/sub channel that announces every change.
+
+Keys (``{p}`` is ``tenant_gate_key_prefix``)::
+
+    {p}:tenant:{ctx}   hash   the TenantRecord fields
+    {p}:paused         zset   paused tenants, scored by when they were paused
+    {p}:lock:{ctx}     string who is asking the State API for ctx right now
+    {p}:changes        channel  ctx of every tenant whose hash changed
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Mapping
+from typing import Any
+
+import redis
+
+from .record import Source, TenantRecord, record_from_fields, state_fields
+from .states import TenantState
+
+# Writes are ordered by `observed_at`: a write observed before the stored one is
+# refused, so a slow State API answer cannot undo a newer notification.
+# ARGV: guard time, bump observed_at (1/0), channel, ctx, then field/value pairs.
+# Returns the whole hash after the write, and 1/0 for applied, as its last item.
+_GUARDED_WRITE = """
+local stored = tonumber(redis.call('HGET', KEYS[1], 'observed_at') or '0')
+local applied = 0
+if stored <= tonumber(ARGV[1]) then
+    if ARGV[2] == '1' then
+        redis.call('HSET', KEYS[1], 'observed_at', ARGV[1])
+    end
+    redis.call('HSET', KEYS[1], unpack(ARGV, 5))
+    redis.call('HINCRBY', KEYS[1], 'version', 1)
+    redis.call('PUBLISH', ARGV[3], ARGV[4])
+    applied = 1
+end
+local all = redis.call('HGETALL', KEYS[1])
+table.insert(all, applied)
+return all
+"""
+
+# KEYS: tenant hash, paused zset. ARGV: 1/0 paused, reason, at, channel, ctx.
+# Returns 1 when the paused flag changed.
+_SET_PAUSED = """
+local was = redis.call('HGET', KEYS[1], 'paused') == '1'
+local now = ARGV[1] == '1'
+redis.call('HSET', KEYS[1], 'paused', ARGV[1], 'pause_reason', ARGV[2], 'paused_at', ARGV[3])
+redis.call('HINCRBY', KEYS[1], 'version', 1)
+if now then
+    redis.call('ZADD', KEYS[2], ARGV[3], ARGV[5])
+else
+    redis.call('ZREM', KEYS[2], ARGV[5])
+end
+redis.call('PUBLISH', ARGV[4], ARGV[5])
+if was == now then return 0 end
+return 1
+"""
+
+_UNLOCK = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+    return redis.call('DEL', KEYS[1])
+end
+return 0
+"""
+
+
+class StateStore:
+    """Reads and writes tenant records in Redis. Thread-safe; holds no state of its own."""
+
+    def __init__(self, client: redis.Redis, prefix: str = "tenant_gate") -> None:
+        self.client = client
+        self.prefix = prefix
+        self.channel = f"{prefix}:changes"
+        self.paused_key = f"{prefix}:paused"
+        self._guarded_write = client.register_script(_GUARDED_WRITE)
+        self._set_paused = client.register_script(_SET_PAUSED)
+        self._unlock = client.register_script(_UNLOCK)
+
+    def key(self, context_id: str) -> str:
+        return f"{self.prefix}:tenant:{context_id}"
+
+    def lock_key(self, context_id: str) -> str:
+        return f"{self.prefix}:lock:{context_id}"
+
+    def get(self, context_id: str) -> TenantRecord | None:
+        fields = self.client.hgetall(self.key(context_id))
+        return record_from_fields(context_id, _text_map(fields))
+
+    def get_with_lock(self, context_id: str) -> tuple[TenantRecord | None, bool]:
+        """The record, and whether some process is asking the State API for it now."""
+        pipe = self.client.pipeline(transaction=False)
+        pipe.hgetall(self.key(context_id))
+        pipe.exists(self.lock_key(context_id))
+        fields, locked = pipe.execute()
+        return record_from_fields(context_id, _text_map(fields)), bool(locked)
+
+    def write_state(
+        self,
+        state: TenantState,
+        *,
+        source: Source,
+        observed_at: float,
+        learnt_at: float,
+        fresh_until: float,
+        check_after: float,
+    ) -> tuple[TenantRecord, bool]:
+        """Store a learnt state unless a newer one is stored. Returns (record, applied)."""
+        fields = {
+            **state_fields(state),
+            "source": source.value,
+            "learnt_at": repr(learnt_at),
+            "fresh_until": repr(fresh_until),
+            "check_after": repr(check_after),
+            "error": "",
+        }
+        return self._write(state.context_id, observed_at, True, fields)
+
+    def write_failure(
+        self, context_id: str, error: str, *, attempted_at: float, check_after: float
+    ) -> tuple[TenantRecord, bool]:
+        """Record a failed look-up (keeping the last known state), unless something
+        newer than the attempt was stored meanwhile."""
+        fields = {"error": error, "error_at": repr(attempted_at), "check_after": repr(check_after)}
+        return self._write(context_id, attempted_at, False, fields)
+
+    def update_endpoint(
+        self, context_id: str, *, endpoint: str, api: str, observed_at: float
+    ) -> tuple[TenantRecord, bool]:
+        """Record a tenant's new server (a Move), keeping its state."""
+        return self._write(context_id, observed_at, True, {"endpoint": endpoint, "api": api})
+
+    def set_paused(self, context_id: str, paused: bool, *, reason: str, at: float) -> bool:
+        """Pause or unpause a tenant. Returns True when that changed its paused flag."""
+        changed = self._set_paused(
+            keys=[self.key(context_id), self.paused_key],
+            args=["1" if paused else "0", reason, repr(at), self.channel, context_id],
+        )
+        return bool(changed)
+
+    def paused(self) -> dict[str, float]:
+        """Every paused tenant, with the time it was paused."""
+        items: list[tuple[Any, float]] = self.client.zrange(  # type: ignore[assignment]
+            self.paused_key, 0, -1, withscores=True
+        )
+        return {_text(member): float(score) for member, score in items}
+
+    def try_lock(self, context_id: str, ttl: float) -> str | None:
+        """Take the tenant's look-up lock for *ttl* seconds; its token, or None if taken."""
+        token = secrets.token_hex(8)
+        ok = self.client.set(self.lock_key(context_id), token, nx=True, px=int(ttl * 1000))
+        return token if ok else None
+
+    def unlock(self, context_id: str, token: str) -> None:
+        self._unlock(keys=[self.lock_key(context_id)], args=[token])
+
+    def _write(
+        self, context_id: str, guard: float, bump: bool, fields: Mapping[str, str]
+    ) -> tuple[TenantRecord, bool]:
+        args: list[str] = [repr(guard), "1" if bump else "0", self.channel, context_id]
+        for name, value in fields.items():
+            args.extend((name, value))
+        reply = self._guarded_write(keys=[self.key(context_id)], args=args)
+        applied = bool(reply.pop())
+        flat = [_text(item) for item in reply]
+        record = record_from_fields(context_id, dict(zip(flat[::2], flat[1::2], strict=True)))
+        assert record is not None  # the script just wrote the hash
+        return record, applied
+
+
+def _text(value: object) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _text_map(fields: Mapping[Any, Any]) -> dict[str, str]:
+    return {_text(k): _text(v) for k, v in fields.items()}

@@ -1,0 +1,76 @@
+"""Shared fixtures: a real Redis, a real local SuperOffice stand-in, and configs.
+
+Redis: ``TENANT_GATE_TEST_REDIS_URL`` (or ``REDIS_URL``) when set, else a throw-away
+embedded redis-server. Every test gets its own key prefix, so a shared server is safe.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+
+import pytest
+import redis
+
+from celery_tenant_gate.config import GateConfig
+from celery_tenant_gate.lookup import TenantStates
+from celery_tenant_gate.testing import EmbeddedRedis, FakeSuperOffice
+
+IN_CI = bool(os.environ.get("CI"))
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    url = os.environ.get("TENANT_GATE_TEST_REDIS_URL") or os.environ.get("REDIS_URL")
+    if url:
+        try:
+            redis.Redis.from_url(url, socket_connect_timeout=2).ping()
+        except redis.RedisError as exc:
+            pytest.fail(f"the Redis at {url} (from the environment) is not reachable: {exc}")
+        yield url
+        return
+    with EmbeddedRedis() as server:
+        yield server.url
+
+
+@pytest.fixture
+def redis_client(redis_url: str) -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(redis_url)
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def key_prefix(redis_client: redis.Redis) -> Iterator[str]:
+    prefix = f"tgtest:{uuid.uuid4().hex[:12]}"
+    yield prefix
+    keys = list(redis_client.scan_iter(match=f"{prefix}:*", count=1000))
+    if keys:
+        redis_client.delete(*keys)
+
+
+@pytest.fixture
+def superoffice() -> Iterator[FakeSuperOffice]:
+    with FakeSuperOffice() as fake:
+        yield fake
+
+
+@pytest.fixture
+def config(redis_url: str, key_prefix: str, superoffice: FakeSuperOffice) -> GateConfig:
+    return GateConfig(
+        redis_url=redis_url,
+        key_prefix=key_prefix,
+        state_api_url=superoffice.state_api_url,
+        state_api_retries=0,
+        state_api_backoff=0.01,
+        state_api_read_timeout=5.0,
+        lock_timeout=10.0,
+    )
+
+
+@pytest.fixture
+def states(config: GateConfig) -> Iterator[TenantStates]:
+    instance = TenantStates.from_config(config)
+    yield instance
+    instance.close()
