@@ -23,7 +23,7 @@ V = TypeVar("V")
 
 
 class LocalCache(Generic[V]):
-    """Values per tenant, each with a monotonic expiry time.
+    """Values per tenant, each with an expiry time (Unix seconds, as the records keep).
 
     Reads take no lock. A value read from Redis is only stored if no change for its
     tenant was announced since the read began (see :meth:`token`), so that a late
@@ -32,7 +32,7 @@ class LocalCache(Generic[V]):
 
     def __init__(self, max_size: int = 100_000) -> None:
         self.max_size = max_size
-        #: ctx -> (expires at, monotonic; value). Public for the hot path.
+        #: ctx -> (expires at, value). Public for the hot path.
         self.entries: dict[str, tuple[float, V]] = {}
         self._generations: dict[str, int] = {}
         self._epoch = 0
@@ -113,7 +113,7 @@ class ChangeListener:
             try:
                 pubsub.subscribe(self._channel)
                 while not self._stop.is_set():
-                    message = pubsub.get_message(timeout=0.5)
+                    message = pubsub.get_message(timeout=0.2)
                     if message is None:
                         continue
                     kind = message["type"]

@@ -29,8 +29,8 @@ ENVIRONMENTS: Mapping[str, str] = {
 
 
 def _setting(default: Any, doc: str) -> Any:
-    if isinstance(default, Mapping):  # dataclasses refuse unhashable defaults
-        return field(default_factory=lambda: default, metadata={"doc": doc})
+    if isinstance(default, Mapping):  # a fresh dict: picklable, and no shared default
+        return field(default_factory=lambda: dict(default), metadata={"doc": doc})
     return field(default=default, metadata={"doc": doc})
 
 
@@ -168,10 +168,10 @@ def settings_doc() -> list[tuple[str, str, str]]:
     rows = []
     for f in fields(GateConfig):
         default = f.default
-        shown = default.value if isinstance(default, Verdict) else default
+        shown = repr(default.value if isinstance(default, Verdict) else default)
         if f.name == "verdicts":
-            shown = "see the verdict table"
-        rows.append((PREFIX + f.name, repr(shown), f.metadata["doc"]))
+            shown = "{} (the verdict table)"
+        rows.append((PREFIX + f.name, shown, f.metadata["doc"]))
     return rows
 
 

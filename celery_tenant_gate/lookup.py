@@ -82,7 +82,7 @@ class TenantStates:
         Raises :class:`~celery_tenant_gate.errors.InvalidTenantId` for a malformed id.
         """
         entry = self.cache.entries.get(context_id)
-        if entry is not None and entry[0] > time.monotonic():
+        if entry is not None and entry[0] > self._clock():
             return entry[1].verdict
         return self._lookup(context_id).verdict
 
@@ -92,7 +92,7 @@ class TenantStates:
     def record(self, context_id: str) -> TenantRecord | None:
         """The tenant's shared record (its endpoint, why it is paused, ...), fresh."""
         entry = self.cache.entries.get(context_id)
-        if entry is not None and entry[0] > time.monotonic():
+        if entry is not None and entry[0] > self._clock():
             return entry[1].record
         return self._lookup(context_id).record
 
@@ -166,7 +166,7 @@ class TenantStates:
             changes_at = record.fresh_until + self.policy.grace_period
             if changes_at > now:  # time alone changes the verdict then
                 expires = min(expires, changes_at)
-            self.cache.put(ctx, token, time.monotonic() + max(0.0, expires - now), known)
+            self.cache.put(ctx, token, expires, known)
         return known
 
     def _refresh_shared(self, ctx: str, known: TenantRecord | None) -> TenantRecord | None:

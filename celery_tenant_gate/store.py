@@ -16,6 +16,8 @@ from collections.abc import Mapping
 from typing import Any
 
 import redis
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
 
 from .record import Source, TenantRecord, record_from_fields, state_fields
 from .states import TenantState
@@ -64,6 +66,21 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then
 end
 return 0
 """
+
+
+def connect(url: str) -> redis.Redis:
+    """A Redis client for the shared state.
+
+    redis-py's default retries a lost connection 10 times (about 3 s); a task
+    waiting on the gate should learn sooner that Redis is gone, so retry briefly.
+    """
+    return redis.Redis.from_url(
+        url,
+        socket_connect_timeout=2.0,
+        socket_timeout=5.0,
+        health_check_interval=30,
+        retry=Retry(ExponentialBackoff(cap=0.1, base=0.01), 3),
+    )
 
 
 class StateStore:

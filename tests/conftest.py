@@ -74,3 +74,16 @@ def states(config: GateConfig) -> Iterator[TenantStates]:
     instance = TenantStates.from_config(config)
     yield instance
     instance.close()
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """In CI nothing may be skipped: a skipped Redis or RabbitMQ test is a failed run."""
+    if not IN_CI or exitstatus != 0:
+        return
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    skipped = reporter.stats.get("skipped", []) if reporter is not None else []
+    if skipped:
+        reporter.write_line(  # type: ignore[union-attr]
+            f"CI is set and {len(skipped)} test(s) were skipped: failing the run", red=True
+        )
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED

@@ -11,8 +11,20 @@ def test_superoffice_ids_are_valid(ctx: str) -> None:
 
 @pytest.mark.parametrize(
     "ctx",
-    ["", "cust123", "Cust", "Cust12a", "../Cust1", "Cust1/../admin", "Cust1?x=1", "Cust1%2F",
-     "Cust1 ", "Cust1\n", "Cust1234567890123", "Ｃust1"],
+    [
+        "",
+        "cust123",
+        "Cust",
+        "Cust12a",
+        "../Cust1",
+        "Cust1/../admin",
+        "Cust1?x=1",
+        "Cust1%2F",
+        "Cust1 ",
+        "Cust1\n",
+        "Cust1234567890123",
+        "\uff23ust1",  # a fullwidth C
+    ],
 )
 def test_malformed_ids_are_refused_with_the_id_in_the_message(ctx: str) -> None:
     with pytest.raises(InvalidTenantId, match="malformed tenant id"):

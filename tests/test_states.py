@@ -64,8 +64,16 @@ def test_timestamps_as_dotnet_writes_them(text: str, expected: datetime) -> None
 
 
 @pytest.mark.parametrize(
-    "text", ["", "tomorrow", "2020-13-05T09:52:01Z", "2020-10-05", "2020-10-05T25:00:00Z",
-             "2020-10-05T09:52:01.93Q", "0001-01-01T00:00:00+05:00"]
+    "text",
+    [
+        "",
+        "tomorrow",
+        "2020-13-05T09:52:01Z",
+        "2020-10-05",
+        "2020-10-05T25:00:00Z",
+        "2020-10-05T09:52:01.93Q",
+        "0001-01-01T00:00:00+05:00",
+    ],
 )
 def test_malformed_timestamps_are_value_errors_naming_the_text(text: str) -> None:
     with pytest.raises(ValueError, match="timestamp"):
@@ -98,8 +106,14 @@ def test_state_as_a_number() -> None:
     )
 
 
-@pytest.mark.parametrize("doc", [{**DOC, "State": "Melting"}, {**DOC, "State": 42},
-                                 {k: v for k, v in DOC.items() if k != "State"}])
+@pytest.mark.parametrize(
+    "doc",
+    [
+        {**DOC, "State": "Melting"},
+        {**DOC, "State": 42},
+        {k: v for k, v in DOC.items() if k != "State"},
+    ],
+)
 def test_missing_or_unknown_state_is_not_running(doc: dict[str, object]) -> None:
     doc = {k: v for k, v in doc.items() if k != "IsRunning"}
     state = parse_state_document(doc)

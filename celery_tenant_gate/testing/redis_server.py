@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from types import TracebackType
 
-from ..errors import TenantGateError
+from celery_tenant_gate.errors import TenantGateError
 
 
 def redis_server_binary() -> str:
@@ -62,7 +62,7 @@ class EmbeddedRedis:
         self._dir = tempfile.TemporaryDirectory(prefix="tenant-gate-redis-")
         for _attempt in range(5):  # the free port may be taken before redis binds it
             self.port = _free_port()
-            self._process = subprocess.Popen(  # noqa: S603 - our own binary and arguments
+            self._process = subprocess.Popen(
                 [
                     binary,
                     "--port",

@@ -1,0 +1,40 @@
+"""Run every benchmark: ``python -m bench [--quick] [--redis URL] [--json FILE]``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable
+
+from . import lookup
+from .results import Result
+
+BENCHMARKS: dict[str, Callable[..., list[Result]]] = {
+    "lookup": lookup.run,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser.add_argument("names", nargs="*", help=f"which to run (default all: {list(BENCHMARKS)})")
+    parser.add_argument("--redis", help="Redis URL (default: a throw-away embedded redis-server)")
+    parser.add_argument("--quick", action="store_true", help="fewer iterations (smoke test)")
+    parser.add_argument("--json", metavar="FILE", help="also write all results as JSON")
+    args = parser.parse_args(argv)
+    unknown = set(args.names) - set(BENCHMARKS)
+    if unknown:
+        parser.error(f"unknown benchmark(s): {sorted(unknown)}")
+    results: list[Result] = []
+    for name in args.names or BENCHMARKS:
+        for result in BENCHMARKS[name](redis_url=args.redis, quick=args.quick):
+            print(result.line(), flush=True)
+            results.append(result)
+    if args.json:
+        with open(args.json, "w") as out:
+            json.dump([r.as_dict() for r in results], out, indent=2)
+    return 0 if all(r.met for r in results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
