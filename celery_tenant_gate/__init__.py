@@ -29,11 +29,23 @@ _EXPORTS = {
     "TenantStates": "lookup",
     "tenant_states": "app",
     "gate_config": "app",
+    "gate_for": "app",
+    "install": "install",
+    "tenant_task": "task",
+    "TenantTask": "task",
+    "TenantInfo": "task",
+    "Gate": "gate",
+    "TenantStatus": "gate",
+    "HeldMessage": "held",
+    "TENANT_HEADER": "carrier",
 }
 
 __all__ = [
+    "TENANT_HEADER",
     "ConfigError",
+    "Gate",
     "GateConfig",
+    "HeldMessage",
     "InvalidTenantId",
     "State",
     "StateAPIError",
@@ -41,19 +53,26 @@ __all__ = [
     "StateAPIUnavailable",
     "StateClient",
     "TenantGateError",
+    "TenantInfo",
     "TenantMismatch",
     "TenantNotFound",
     "TenantRecord",
     "TenantState",
     "TenantStates",
+    "TenantStatus",
+    "TenantTask",
     "Verdict",
     "__version__",
     "gate_config",
+    "gate_for",
+    "install",
     "tenant_states",
+    "tenant_task",
 ]
 
 if TYPE_CHECKING:
-    from .app import gate_config, tenant_states
+    from .app import gate_config, gate_for, tenant_states
+    from .carrier import TENANT_HEADER
     from .config import GateConfig
     from .errors import (
         ConfigError,
@@ -65,10 +84,14 @@ if TYPE_CHECKING:
         TenantMismatch,
         TenantNotFound,
     )
+    from .gate import Gate, TenantStatus
+    from .held import HeldMessage
+    from .install import install
     from .lookup import TenantStates
     from .record import TenantRecord
     from .state_api import StateClient
     from .states import State, TenantState
+    from .task import TenantInfo, TenantTask, tenant_task
     from .verdicts import Verdict
 
 

@@ -1,36 +1,76 @@
-"""Per-app singletons: the config and the tenant state look-up, cached on the Celery app
-(as celery-redbeat does), so that tests and users can swap them."""
+"""Per-app singletons: the config, the tenant state look-up and the gate, cached on the
+Celery app (as celery-redbeat does), so that tests and users can swap them."""
 
 from __future__ import annotations
 
 import threading
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
+
+import redis
 
 from .config import GateConfig
+from .deadletters import DeadLetters
+from .errors import ConfigError
+from .gate import Gate
+from .held import HeldQueues
+from .held_amqp import AmqpHeldQueues
+from .held_redis import RedisHeldQueues
 from .lookup import TenantStates
 
-_lock = threading.Lock()
+T = TypeVar("T")
+_lock = threading.RLock()  # the makers call each other
+
+
+def _cached(app: Any, attr: str, make: Callable[[], T]) -> T:
+    value: T | None = getattr(app, attr, None)
+    if value is None:
+        with _lock:
+            value = getattr(app, attr, None)
+            if value is None:
+                value = make()
+                setattr(app, attr, value)
+    return value
 
 
 def gate_config(app: Any) -> GateConfig:
     """The app's :class:`GateConfig`, read from ``app.conf`` once."""
-    config: GateConfig | None = getattr(app, "_tenant_gate_config", None)
-    if config is None:
-        with _lock:
-            config = getattr(app, "_tenant_gate_config", None)
-            if config is None:
-                config = GateConfig.from_app(app)
-                app._tenant_gate_config = config
-    return config
+    return _cached(app, "_tenant_gate_config", lambda: GateConfig.from_app(app))
 
 
 def tenant_states(app: Any) -> TenantStates:
     """The app's :class:`TenantStates` (created on first use, one per process)."""
-    states: TenantStates | None = getattr(app, "_tenant_gate_states", None)
-    if states is None:
-        with _lock:
-            states = getattr(app, "_tenant_gate_states", None)
-            if states is None:
-                states = TenantStates.from_config(gate_config(app))
-                app._tenant_gate_states = states
-    return states
+    return _cached(app, "_tenant_gate_states", lambda: TenantStates.from_config(gate_config(app)))
+
+
+def gate_for(app: Any) -> Gate:
+    """The app's :class:`Gate` (created on first use, one per process)."""
+
+    def make() -> Gate:
+        config = gate_config(app)
+        states = tenant_states(app)
+        return Gate(
+            app,
+            config,
+            states,
+            held_queues_for(app),
+            DeadLetters(states.store.client, config.key_prefix, config.dead_letter_max),
+        )
+
+    return _cached(app, "_tenant_gate", make)
+
+
+def held_queues_for(app: Any) -> HeldQueues:
+    """The tenant queues on the app's broker (Redis or RabbitMQ)."""
+    url = app.connection_for_write().as_uri(include_password=True)
+    scheme = urlsplit(url).scheme
+    default_queue = app.conf.task_default_queue or "celery"
+    if scheme in {"redis", "rediss"}:
+        return RedisHeldQueues(redis.Redis.from_url(url), default_queue)
+    if scheme in {"amqp", "amqps", "pyamqp"}:
+        return AmqpHeldQueues(app.connection_for_write)
+    raise ConfigError(
+        f"tenant-gate holds tasks in broker queues and supports Redis and RabbitMQ "
+        f"brokers; broker_url is {scheme}://"
+    )

@@ -94,6 +94,17 @@ class GateConfig:
     tenant_id_pattern: str = _setting(
         DEFAULT_TENANT_ID_PATTERN, "Regular expression a tenant id must match whole."
     )
+    queue_template: str = _setting(
+        "tenant.{ctx}", "Name of a tenant's queue, where its held tasks wait; `{ctx}` is its id."
+    )
+    sweep_interval: float = _setting(
+        2.0,
+        "Seconds between sweeps (one worker at a time) that resume tenants whose state "
+        "runs again and release or drop what waits in their queues.",
+    )
+    dead_letter_max: int = _setting(
+        10_000, "Most dropped tasks kept per tenant (the count is kept in full)."
+    )
     local_cache_size: int = _setting(
         100_000, "Most tenants each process keeps in its in-memory cache."
     )
@@ -262,6 +273,19 @@ def _verdicts(key: str, value: Any) -> Mapping[State, Verdict]:
     return table
 
 
+def _queue_template(key: str, value: Any) -> str:
+    text = _text(key, value)
+    if "{ctx}" not in text:
+        raise ConfigError(f"{key} must contain {{ctx}}, got {value!r}")
+    try:
+        name = text.format(ctx="Cust1")
+    except (IndexError, KeyError, ValueError):
+        raise ConfigError(f"{key} may contain no field but {{ctx}}, got {value!r}") from None
+    if not re.fullmatch(r"[A-Za-z0-9_.:-]+", name):
+        raise ConfigError(f"{key} must make queue names of letters, digits, _ . : -; got {value!r}")
+    return text
+
+
 def _pattern(key: str, value: Any) -> str:
     text = _text(key, value)
     try:
@@ -292,4 +316,7 @@ _PARSERS: dict[str, Callable[[str, Any], Any]] = {
     "lock_timeout": _positive,
     "tenant_id_pattern": _pattern,
     "local_cache_size": _count,
+    "queue_template": _queue_template,
+    "sweep_interval": _positive,
+    "dead_letter_max": _count,
 }

@@ -122,10 +122,12 @@ class TenantStates:
         self.cache.invalidate(ctx)
         return applied
 
-    def set_paused(self, context_id: str, paused: bool, reason: str = "") -> bool:
+    def set_paused(
+        self, context_id: str, paused: bool, reason: str = "", by: str = "manual"
+    ) -> bool:
         """Pause or unpause a tenant for every worker. True when that changed anything."""
         ctx = validate_tenant_id(context_id, self._pattern)
-        changed = self.store.set_paused(ctx, paused, reason=reason, at=self._clock())
+        changed = self.store.set_paused(ctx, paused, reason=reason, at=self._clock(), by=by)
         self.cache.invalidate(ctx)
         return changed
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from .states import State, TenantState, parse_timestamp
 
@@ -43,6 +43,9 @@ class TenantRecord:
     paused: bool = False
     pause_reason: str = ""
     paused_at: float = 0.0
+    #: Who paused it: ``manual`` (only a resume by hand ends it), ``gate`` (its state
+    #: said hold) or ``webhook``; the last two end when the tenant runs again.
+    paused_by: str = ""
     #: Bumped by every write; lets caches tell answers apart.
     version: int = 0
 
@@ -50,8 +53,10 @@ class TenantRecord:
         """True when the State API should be asked again."""
         return now >= self.check_after
 
-    def with_pause(self, paused: bool, reason: str = "", at: float = 0.0) -> TenantRecord:
-        return replace(self, paused=paused, pause_reason=reason, paused_at=at)
+    @property
+    def resumes_by_itself(self) -> bool:
+        """True when the pause ends as soon as the tenant's state says it runs."""
+        return self.paused and self.paused_by != "manual"
 
 
 def state_fields(state: TenantState) -> dict[str, str]:
@@ -115,5 +120,6 @@ def record_from_fields(context_id: str, fields: Mapping[str, str]) -> TenantReco
         paused=fields.get("paused") == "1",
         pause_reason=fields.get("pause_reason", ""),
         paused_at=num("paused_at"),
+        paused_by=fields.get("paused_by", ""),
         version=int(num("version")),
     )

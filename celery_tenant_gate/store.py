@@ -5,6 +5,7 @@ Keys (``{p}`` is ``tenant_gate_key_prefix``)::
 
     {p}:tenant:{ctx}   hash   the TenantRecord fields
     {p}:paused         zset   paused tenants, scored by when they were paused
+    {p}:held           zset   tenants whose queue may hold messages, by last hold
     {p}:lock:{ctx}     string who is asking the State API for ctx right now
     {p}:changes        channel  ctx of every tenant whose hash changed
 """
@@ -43,12 +44,13 @@ table.insert(all, applied)
 return all
 """
 
-# KEYS: tenant hash, paused zset. ARGV: 1/0 paused, reason, at, channel, ctx.
+# KEYS: tenant hash, paused zset. ARGV: 1/0 paused, reason, at, channel, ctx, by.
 # Returns 1 when the paused flag changed.
 _SET_PAUSED = """
 local was = redis.call('HGET', KEYS[1], 'paused') == '1'
 local now = ARGV[1] == '1'
-redis.call('HSET', KEYS[1], 'paused', ARGV[1], 'pause_reason', ARGV[2], 'paused_at', ARGV[3])
+redis.call('HSET', KEYS[1], 'paused', ARGV[1], 'pause_reason', ARGV[2], 'paused_at', ARGV[3],
+           'paused_by', ARGV[6])
 redis.call('HINCRBY', KEYS[1], 'version', 1)
 if now then
     redis.call('ZADD', KEYS[2], ARGV[3], ARGV[5])
@@ -91,6 +93,7 @@ class StateStore:
         self.prefix = prefix
         self.channel = f"{prefix}:changes"
         self.paused_key = f"{prefix}:paused"
+        self.held_key = f"{prefix}:held"
         self._guarded_write = client.register_script(_GUARDED_WRITE)
         self._set_paused = client.register_script(_SET_PAUSED)
         self._unlock = client.register_script(_UNLOCK)
@@ -148,19 +151,30 @@ class StateStore:
         """Record a tenant's new server (a Move), keeping its state."""
         return self._write(context_id, observed_at, True, {"endpoint": endpoint, "api": api})
 
-    def set_paused(self, context_id: str, paused: bool, *, reason: str, at: float) -> bool:
+    def set_paused(
+        self, context_id: str, paused: bool, *, reason: str, at: float, by: str = "manual"
+    ) -> bool:
         """Pause or unpause a tenant. Returns True when that changed its paused flag."""
         changed = self._set_paused(
             keys=[self.key(context_id), self.paused_key],
-            args=["1" if paused else "0", reason, repr(at), self.channel, context_id],
+            args=["1" if paused else "0", reason, repr(at), self.channel, context_id, by],
         )
         return bool(changed)
 
+    def mark_held(self, context_id: str, at: float) -> None:
+        """Note that the tenant's queue may hold messages (so a sweep looks at it)."""
+        self.client.zadd(self.held_key, {context_id: at})
+
+    def unmark_held(self, context_id: str) -> None:
+        self.client.zrem(self.held_key, context_id)
+
+    def held_tenants(self) -> list[str]:
+        items: list[Any] = self.client.zrange(self.held_key, 0, -1)
+        return [_text(item) for item in items]
+
     def paused(self) -> dict[str, float]:
         """Every paused tenant, with the time it was paused."""
-        items: list[tuple[Any, float]] = self.client.zrange(  # type: ignore[assignment]
-            self.paused_key, 0, -1, withscores=True
-        )
+        items: list[Any] = self.client.zrange(self.paused_key, 0, -1, withscores=True)
         return {_text(member): float(score) for member, score in items}
 
     def try_lock(self, context_id: str, ttl: float) -> str | None:

@@ -1,0 +1,327 @@
+"""The gate: run, hold or drop each tenant-scoped task, and the tenant controls
+(``pause``, ``resume``, ``state``, ``held``, ``purge``) that hold and release.
+
+One :class:`Gate` per app and process (see :func:`celery_tenant_gate.app.gate_for`).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import Any
+
+from . import signals
+from .carrier import tenant_from_call, tenant_from_headers, tenant_from_request
+from .config import GateConfig
+from .deadletters import INVALID_TENANT, DeadLetter, DeadLetters
+from .errors import InvalidTenantId
+from .held import HeldMessage, HeldQueues
+from .holding import hold_message, hold_request
+from .ids import compile_pattern, validate_tenant_id
+from .lookup import TenantStates
+from .record import TenantRecord
+from .verdicts import Verdict
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TenantStatus:
+    """What :meth:`Gate.state` tells about a tenant."""
+
+    context_id: str
+    verdict: Verdict
+    record: TenantRecord | None
+    queue: str
+    held: int
+    dropped: int
+
+
+class Gate:
+    """Decides per task message, and moves a tenant's work in and out of its queue."""
+
+    def __init__(
+        self,
+        app: Any,
+        config: GateConfig,
+        states: TenantStates,
+        held: HeldQueues,
+        dead: DeadLetters,
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.app = app
+        self.config = config
+        self.states = states
+        self.held_queues = held
+        self.dead = dead
+        self._clock = clock
+        self._pattern = compile_pattern(config.tenant_id_pattern)
+
+    def queue_for(self, context_id: str) -> str:
+        return self.config.queue_template.format(ctx=context_id)
+
+    # -- in the worker's consumer ---------------------------------------------------
+
+    def screen(self, message: Any, task: Any, args: Any, kwargs: Any) -> Verdict:
+        """Decide for a received message of a tenant-scoped task, and act on a hold or
+        drop (the caller then acknowledges the message and does not run it)."""
+        raw = tenant_from_headers(message.headers)
+        if raw is None:
+            raw = tenant_from_call(args, kwargs, task.tenant_arg, task._tenant_arg_index())
+        try:
+            ctx = validate_tenant_id(raw, self._pattern)
+        except InvalidTenantId as exc:
+            self._dead_letter(INVALID_TENANT, _raw_of(message), f"invalid tenant: {exc}")
+            return Verdict.DROP
+        verdict = self.states.verdict(ctx)
+        if verdict is Verdict.HOLD:
+            queue = self.queue_for(ctx)
+            hold_message(self.app, message, queue)
+            self._after_hold(ctx, queue, message.headers)
+        elif verdict is Verdict.DROP:
+            self._drop(ctx, _raw_of(message))
+        return verdict
+
+    # -- in a pool process, right before the body -------------------------------------
+
+    def recheck(self, task: Any) -> Verdict:
+        """For a task already in the pool: hold or drop it now if its tenant stopped
+        running since the consumer let it through."""
+        raw = tenant_from_request(task.request)
+        if raw is None:
+            raw = tenant_from_call(
+                task.request.args, task.request.kwargs, task.tenant_arg, task._tenant_arg_index()
+            )
+        ctx = validate_tenant_id(raw, self._pattern)
+        verdict = self.states.verdict(ctx)
+        if verdict is Verdict.HOLD:
+            queue = self.queue_for(ctx)
+            hold_request(task, queue, ctx)
+            self._after_hold(ctx, queue, {"id": task.request.id, "task": task.name})
+        elif verdict is Verdict.DROP:
+            request = task.request
+            self._drop(
+                ctx,
+                HeldMessage(
+                    headers={"id": request.id, "task": task.name, "retries": request.retries},
+                    body=repr((request.args, request.kwargs)).encode(),
+                    content_type="text/x-python-repr",
+                    content_encoding="utf-8",
+                ),
+            )
+        return verdict
+
+    def _after_hold(self, ctx: str, queue: str, headers: Any) -> None:
+        self.states.store.mark_held(ctx, self._clock())
+        record = self.states.record(ctx)
+        reason = _why(record)
+        paused_now = record is None or not record.paused
+        if paused_now and self.states.set_paused(ctx, True, reason=reason, by="gate"):
+            logger.info("tenant-gate: paused %s (%s)", ctx, reason)
+            signals.tenant_paused.send(sender=ctx, context_id=ctx, reason=reason, by="gate")
+        task_id = (headers or {}).get("id", "")
+        logger.debug("tenant-gate: held task %s of %s in %s", task_id, ctx, queue)
+        signals.task_held.send(
+            sender=ctx,
+            context_id=ctx,
+            task_id=task_id,
+            task_name=(headers or {}).get("task", ""),
+            queue=queue,
+            reason=reason,
+        )
+
+    def _drop(self, ctx: str, message: HeldMessage) -> None:
+        record = self.states.record(ctx)
+        reason = f"tenant dropped: {_why(record)}"
+        self._dead_letter(ctx, message, reason)
+        signals.task_dropped.send(
+            sender=ctx,
+            context_id=ctx,
+            task_id=message.task_id,
+            task_name=message.task_name,
+            reason=reason,
+        )
+
+    def _dead_letter(self, ctx: str, message: HeldMessage, reason: str) -> None:
+        logger.warning(
+            "tenant-gate: dropped task %s[%s] of %s: %s",
+            message.task_name,
+            message.task_id,
+            ctx,
+            reason,
+        )
+        self.dead.record(ctx, [_letter(message, reason, self._clock())])
+
+    # -- controls -------------------------------------------------------------------
+
+    def pause(self, context_id: str, reason: str = "", *, by: str = "manual") -> bool:
+        """Hold the tenant's tasks on every worker from now on, until :meth:`resume`.
+
+        Returns False if it was paused already (the reason is updated).
+        """
+        ctx = validate_tenant_id(context_id, self._pattern)
+        changed = self.states.set_paused(ctx, True, reason=reason, by=by)
+        if changed:
+            logger.info("tenant-gate: paused %s by %s (%s)", ctx, by, reason)
+            signals.tenant_paused.send(sender=ctx, context_id=ctx, reason=reason, by=by)
+        return changed
+
+    def resume(self, context_id: str) -> int:
+        """Let the tenant's tasks run again, and release its held tasks, in order.
+
+        Returns how many held tasks were released. If the tenant's state still says
+        hold, the gate holds its tasks again (and pauses it, by ``gate``).
+        """
+        ctx = validate_tenant_id(context_id, self._pattern)
+        self.states.set_paused(ctx, False, reason="")
+        released = self.release(ctx)
+        logger.info("tenant-gate: resumed %s, %d held task(s) released", ctx, released)
+        signals.tenant_resumed.send(sender=ctx, context_id=ctx, released=released)
+        return released
+
+    def release(self, context_id: str) -> int:
+        """Move the tenant's held tasks back to their queues (without unpausing)."""
+        ctx = validate_tenant_id(context_id, self._pattern)
+        queue = self.queue_for(ctx)
+        with self._moving(ctx):
+            moved = self.held_queues.release(queue, marker=uuid.uuid4().hex)
+            if self.held_queues.count(queue) == 0:
+                self.states.store.unmark_held(ctx)
+        return moved
+
+    def purge(self, context_id: str, reason: str = "purged by hand") -> int:
+        """Drop every held task of the tenant into its dead-letter place."""
+        ctx = validate_tenant_id(context_id, self._pattern)
+        queue = self.queue_for(ctx)
+        now = self._clock()
+
+        def keep(batch: list[HeldMessage]) -> None:
+            self.dead.record(ctx, [_letter(message, reason, now) for message in batch])
+            for message in batch:
+                signals.task_dropped.send(
+                    sender=ctx,
+                    context_id=ctx,
+                    task_id=message.task_id,
+                    task_name=message.task_name,
+                    reason=reason,
+                )
+
+        with self._moving(ctx):
+            dropped = self.held_queues.drain(queue, keep)
+            self.states.store.unmark_held(ctx)
+        if dropped:
+            logger.warning("tenant-gate: dropped %d held task(s) of %s: %s", dropped, ctx, reason)
+        return dropped
+
+    def state(self, context_id: str) -> TenantStatus:
+        ctx = validate_tenant_id(context_id, self._pattern)
+        queue = self.queue_for(ctx)
+        return TenantStatus(
+            context_id=ctx,
+            verdict=self.states.verdict(ctx),
+            record=self.states.record(ctx),
+            queue=queue,
+            held=self.held_queues.count(queue),
+            dropped=self.dead.count(ctx),
+        )
+
+    def held(self, context_id: str, limit: int = 100) -> list[HeldMessage]:
+        """The oldest *limit* held tasks of the tenant, oldest first."""
+        ctx = validate_tenant_id(context_id, self._pattern)
+        return self.held_queues.peek(self.queue_for(ctx), limit)
+
+    def paused(self) -> dict[str, float]:
+        """Every paused tenant, with when it was paused."""
+        return self.states.store.paused()
+
+    # -- the sweep: ends pauses that end by themselves ---------------------------------
+
+    def sweep(self) -> dict[str, str]:
+        """Resume tenants paused by the gate (or a notification) whose state runs again,
+        drop the held work of deleted ones, and release stragglers (tasks held just
+        as their tenant resumed). Returns what it did, per tenant."""
+        done: dict[str, str] = {}
+        store = self.states.store
+        for ctx in sorted(set(store.paused()) | set(store.held_tenants())):
+            try:
+                done.update(self._sweep_one(ctx))
+            except Exception:
+                logger.exception("tenant-gate: sweep of %s failed; next sweep tries again", ctx)
+        return done
+
+    def _sweep_one(self, ctx: str) -> dict[str, str]:
+        record = self.states.record(ctx)  # asks the State API when its answer is due
+        if record is None:
+            return {}
+        if record.paused and not record.resumes_by_itself:
+            return {}
+        state_verdict = self.states.policy.decide(replace(record, paused=False), self._clock())
+        if state_verdict is Verdict.RUN:
+            if record.paused:
+                return {ctx: f"resumed, {self.resume(ctx)} released"}
+            moved = self.release(ctx)
+            return {ctx: f"released {moved} straggler(s)"} if moved else {}
+        if state_verdict is Verdict.DROP:
+            dropped = self.purge(ctx, reason=f"tenant dropped: {_why(record)}")
+            return {ctx: f"dropped {dropped}"} if dropped else {}
+        return {}
+
+    def _moving(self, ctx: str) -> _MoveLock:
+        return _MoveLock(self.states, ctx, self.config.lock_timeout)
+
+
+class _MoveLock:
+    """One mover at a time per tenant queue, cluster-wide (release and purge)."""
+
+    def __init__(self, states: TenantStates, ctx: str, timeout: float) -> None:
+        self.store = states.store
+        self.key = f"_move.{ctx}"
+        self.timeout = timeout
+        self.token: str | None = None
+
+    def __enter__(self) -> None:
+        deadline = time.monotonic() + self.timeout
+        while True:
+            self.token = self.store.try_lock(self.key, self.timeout)
+            if self.token is not None:
+                return
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"another process is moving {self.key} for too long")
+            time.sleep(0.01)  # a mover holds it for milliseconds
+
+    def __exit__(self, *exc: object) -> None:
+        if self.token is not None:
+            self.store.unlock(self.key, self.token)
+
+
+def _why(record: TenantRecord | None) -> str:
+    if record is None or record.state is None:
+        return "state unknown" + (f" ({record.error})" if record and record.error else "")
+    if record.paused and record.pause_reason:
+        return record.pause_reason
+    return f"state {record.state.state.api_name}"
+
+
+def _raw_of(message: Any) -> HeldMessage:
+    return HeldMessage(
+        headers=dict(message.headers or {}),
+        body=bytes(message.body or b""),
+        content_type=message.content_type or "",
+        content_encoding=message.content_encoding or "",
+        properties=dict(message.properties or {}),
+    )
+
+
+def _letter(message: HeldMessage, reason: str, at: float) -> DeadLetter:
+    return DeadLetter.from_raw(
+        headers=message.headers,
+        body=message.body,
+        content_type=message.content_type,
+        content_encoding=message.content_encoding,
+        reason=reason,
+        at=at,
+    )

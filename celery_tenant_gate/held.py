@@ -1,0 +1,48 @@
+"""Held messages: what a tenant queue holds, and what every broker's tenant queues can do."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+
+@dataclass(frozen=True)
+class HeldMessage:
+    """A task message waiting in a tenant queue, as the broker keeps it."""
+
+    headers: dict[str, Any]
+    body: bytes
+    content_type: str
+    content_encoding: str
+    properties: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def task_id(self) -> str:
+        return str(self.headers.get("id", ""))
+
+    @property
+    def task_name(self) -> str:
+        return str(self.headers.get("task", ""))
+
+
+class HeldQueues(Protocol):
+    """Tenant queues on one broker. No worker consumes them; these calls move their
+    messages (all of them, in order) or look at them."""
+
+    def count(self, queue: str) -> int:
+        """Messages waiting; 0 for a queue that does not exist (never creates it)."""
+        ...
+
+    def peek(self, queue: str, limit: int = 100) -> list[HeldMessage]:
+        """The oldest *limit* messages, leaving the queue as it was."""
+        ...
+
+    def release(self, queue: str, *, marker: str) -> int:
+        """Move every message back to where it was meant to go, in order."""
+        ...
+
+    def drain(self, queue: str, sink: Callable[[list[HeldMessage]], None], batch: int = 500) -> int:
+        """Hand every message to *sink*, a batch at a time, removing a batch only once
+        *sink* returned; returns how many."""
+        ...

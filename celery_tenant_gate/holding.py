@@ -1,0 +1,91 @@
+"""Putting a task message in its tenant queue, with everything preserved.
+
+From the consumer (the usual way) the raw message is re-published as it came:
+same body bytes, headers (task id, ETA, expiry, retries...), priority and
+properties, plus where it was meant to go. It is acknowledged only after that,
+so a crash in between leaves a duplicate, never a loss.
+
+From the pool (a task that was already handed to the pool when its tenant paused)
+the message is rebuilt from the request, as ``Task.retry`` does, but without
+counting a retry.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kombu.entity import Exchange, Queue
+
+from .carrier import HEADER, HELD_COUNT_HEADER, ROUTE_HEADER
+
+_ANON = Exchange("")  # type: ignore[no-untyped-call]
+_RETRY_POLICY = {"max_retries": 3, "interval_start": 0.1, "interval_step": 0.2}
+
+
+def tenant_queue(name: str) -> Queue:
+    """A tenant queue: durable, on the default exchange, consumed by nobody."""
+    return Queue(  # type: ignore[no-untyped-call]
+        name, _ANON, routing_key=name, durable=True, auto_delete=False
+    )
+
+
+def held_headers(
+    headers: dict[str, Any] | None, delivery_info: dict[str, Any] | None
+) -> dict[str, Any]:
+    """The headers of a message as it goes into a tenant queue."""
+    result = dict(headers or {})
+    info = delivery_info or {}
+    result.setdefault(
+        ROUTE_HEADER,
+        {"exchange": info.get("exchange") or "", "routing_key": info.get("routing_key") or ""},
+    )
+    result[HELD_COUNT_HEADER] = int(result.get(HELD_COUNT_HEADER) or 0) + 1
+    return result
+
+
+def restore_route(headers: dict[str, Any] | None, delivery_info: dict[str, Any]) -> None:
+    """Give a released message back the route it was published with (for ``retry()``:
+    on Redis the broker still says it came from the tenant queue)."""
+    route = (headers or {}).get(ROUTE_HEADER)
+    if isinstance(route, dict):
+        delivery_info["exchange"] = route.get("exchange", "")
+        delivery_info["routing_key"] = route.get("routing_key", "")
+
+
+def hold_message(app: Any, message: Any, queue: str) -> None:
+    """Re-publish a received kombu message to the tenant queue *queue*."""
+    props = message.properties or {}
+    with app.producer_pool.acquire(block=True, timeout=10) as producer:
+        producer.publish(
+            message.body,
+            exchange="",
+            routing_key=queue,
+            declare=[tenant_queue(queue)],
+            content_type=message.content_type,
+            content_encoding=message.content_encoding,
+            headers=held_headers(message.headers, message.delivery_info),
+            priority=props.get("priority"),
+            correlation_id=props.get("correlation_id"),
+            reply_to=props.get("reply_to"),
+            delivery_mode=props.get("delivery_mode") or 2,
+            retry=True,
+            retry_policy=_RETRY_POLICY,
+        )
+
+
+def hold_request(task: Any, queue: str, context_id: str) -> None:
+    """Re-publish the task now running in this pool process to *queue*."""
+    request = task.request
+    headers = held_headers(request.headers, request.delivery_info)
+    headers[HEADER] = context_id
+    signature = task.signature_from_request(
+        request,
+        queue=queue,
+        eta=request.eta,
+        headers=headers,
+    )
+    with task.app.producer_or_acquire() as producer:
+        producer.maybe_declare(tenant_queue(queue))
+        # The request's options already carry the task id, retries (unchanged),
+        # expiry, priority, links and chord: a hold is not a retry.
+        signature.apply_async(producer=producer, retry=True, retry_policy=_RETRY_POLICY)

@@ -1,0 +1,25 @@
+"""Signals, Celery style: ``@task_held.connect`` and the receiver gets keyword arguments.
+
+Every signal is sent with ``sender`` = the tenant id and ``context_id`` = the same,
+plus the arguments listed. Receivers' exceptions are logged and swallowed (as
+Celery does): a receiver cannot stop the gate.
+"""
+
+from __future__ import annotations
+
+from celery.utils.dispatch import Signal
+
+#: A tenant was paused (``reason``, ``by``).
+tenant_paused = Signal(name="tenant_paused", providing_args={"context_id", "reason", "by"})
+#: A tenant was resumed; its held tasks were released (``released``: how many).
+tenant_resumed = Signal(name="tenant_resumed", providing_args={"context_id", "released"})
+#: A tenant was found deleted: its work is dropped from now on (``state``).
+tenant_deleted = Signal(name="tenant_deleted", providing_args={"context_id", "state"})
+#: A task was held in its tenant's queue (``task_id``, ``task_name``, ``queue``, ``reason``).
+task_held = Signal(
+    name="task_held", providing_args={"context_id", "task_id", "task_name", "queue", "reason"}
+)
+#: A task was dropped (``task_id``, ``task_name``, ``reason``).
+task_dropped = Signal(
+    name="task_dropped", providing_args={"context_id", "task_id", "task_name", "reason"}
+)

@@ -1,0 +1,115 @@
+"""The worker side: a consumer bootstep that puts the gate in front of the pool, and
+a sweeper thread that ends pauses that end by themselves.
+
+The gate wraps the consumer's ``on_task_request``: the one door every task goes
+through on its way to the pool, straight from the broker and after waiting in the
+ETA timer or a rate-limit bucket. There the message is not acknowledged yet,
+whatever ``task_acks_late`` says, so a held task is re-published *before* its
+message is acknowledged. (A ``task_prerun`` receiver could not do this: Celery
+logs and swallows exceptions raised in signal receivers.)
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from celery import bootsteps
+from celery.worker import state as worker_state
+
+from .app import gate_config, gate_for
+from .gate import Gate
+from .holding import restore_route
+from .verdicts import Verdict
+
+logger = logging.getLogger(__name__)
+
+
+def gated(gate: Gate, on_task_request: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    """Wrap the consumer's ``on_task_request`` with the gate."""
+    task_ready = worker_state.task_ready
+
+    def gated_on_task_request(request: Any) -> Any:
+        task = request.task
+        if not getattr(task, "tenant_scoped", False):
+            return on_task_request(request)
+        message = request.message
+        try:
+            verdict = gate.screen(message, task, request.args, request.kwargs)
+        except Exception:
+            # Neither run it (its tenant may be away) nor lose it: back to the broker.
+            logger.exception(
+                "tenant-gate: could not screen task %s[%s]; requeued", task.name, request.id
+            )
+            request.reject(requeue=True)
+            task_ready(request)
+            return None
+        if verdict is Verdict.RUN:
+            restore_route(message.headers, request.delivery_info)
+            return on_task_request(request)
+        request.acknowledge()
+        task_ready(request)
+        return None
+
+    return gated_on_task_request
+
+
+class Sweeper:
+    """A daemon thread; every ``tenant_gate_sweep_interval`` one worker of the cluster
+    (whoever takes the sweep lock) runs :meth:`Gate.sweep`."""
+
+    def __init__(self, gate: Gate, interval: float) -> None:
+        self.gate = gate
+        self.interval = interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="tenant-gate-sweeper", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(5)
+
+    def _run(self) -> None:
+        store = self.gate.states.store
+        while not self._stop.wait(self.interval):
+            try:
+                token = store.try_lock("_sweep", self.interval * 5)
+                if token is None:
+                    continue
+                try:
+                    for ctx, what in self.gate.sweep().items():
+                        logger.info("tenant-gate: sweep: %s %s", ctx, what)
+                finally:
+                    store.unlock("_sweep", token)
+            except Exception:
+                logger.exception("tenant-gate: sweep failed; trying again later")
+
+
+class TenantGateStep(bootsteps.StartStopStep):  # type: ignore[misc]
+    """Consumer bootstep added by :func:`celery_tenant_gate.install`."""
+
+    label = "tenant-gate"
+
+    def __init__(self, consumer: Any, **kwargs: Any) -> None:
+        super().__init__(consumer, **kwargs)
+        app = consumer.app
+        gate_config(app)  # a bad setting stops the worker here, naming the key
+        self.gate = gate_for(app)
+        # Wrapped here, before the Tasks step builds the strategies that capture it.
+        consumer.on_task_request = gated(self.gate, consumer.on_task_request)
+        self.sweeper: Sweeper | None = None
+
+    def start(self, consumer: Any) -> None:
+        if self.sweeper is None:
+            self.sweeper = Sweeper(self.gate, self.gate.config.sweep_interval)
+            self.sweeper.start()
+
+    def shutdown(self, consumer: Any) -> None:
+        if self.sweeper is not None:
+            self.sweeper.stop()
+            self.sweeper = None

@@ -1,0 +1,404 @@
+"""AmqpHeldQueues against a real RabbitMQ.
+
+The broker is ``TENANT_GATE_TEST_AMQP_URL`` or the local default. Without one the
+tests are skipped, except in CI, where that is a failure. Every test uses queues of
+its own and deletes them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from kombu.connection import Connection
+
+from celery_tenant_gate.held_amqp import RELEASED_HEADER, AmqpHeldQueues, HeldMessage
+
+pytestmark = [pytest.mark.rabbitmq, pytest.mark.timeout(120)]
+
+AMQP_URL = os.environ.get("TENANT_GATE_TEST_AMQP_URL") or "amqp://guest:guest@127.0.0.1:5672//"
+
+
+def _connect() -> Connection:
+    return Connection(AMQP_URL, connect_timeout=5, transport_options={"read_timeout": 30})
+
+
+@pytest.fixture(scope="module")
+def amqp_url() -> str:
+    try:
+        with _connect() as conn:
+            conn.ensure_connection(max_retries=1, timeout=5)
+    except Exception as exc:
+        if os.environ.get("CI"):
+            pytest.fail(f"RabbitMQ at {AMQP_URL} is not reachable: {exc}")
+        pytest.skip(f"RabbitMQ at {AMQP_URL} is not reachable: {exc}")
+    return AMQP_URL
+
+
+class Broker:
+    """A test's own connection and queue names; deletes its queues afterwards."""
+
+    def __init__(self, url: str) -> None:
+        self.conn = _connect()
+        self.channel: Any = self.conn.default_channel
+        self.channel.auto_decode = False  # keep bodies as bytes, as they were sent
+        self.prefix = f"tgtest.{uuid.uuid4().hex[:10]}"
+        self.queues: list[str] = []
+
+    def name(self, suffix: str) -> str:
+        """A unique queue name, deleted at the end of the test (created or not)."""
+        name = f"{self.prefix}.{suffix}"
+        self.queues.append(name)
+        return name
+
+    def declare(self, suffix: str, **arguments: Any) -> str:
+        name = self.name(suffix)
+        self.channel.queue_declare(
+            name, durable=True, auto_delete=False, arguments=arguments or None
+        )
+        return name
+
+    def hold(
+        self,
+        tenant_queue: str,
+        index: int,
+        route: tuple[str, str] | None,
+        priority: int | None = None,
+    ) -> None:
+        """Put a held task message in *tenant_queue* the way the worker does."""
+        headers: dict[str, Any] = {
+            "id": f"task-{index}",
+            "task": "app.tasks.sync",
+            "tenant_gate_ctx": "Cust123",
+            "tenant_gate_held": 1,
+            "retries": 0,
+        }
+        if route is not None:
+            headers["tenant_gate_route"] = {"exchange": route[0], "routing_key": route[1]}
+        body = json.dumps([[index], {"k": "v" * (index % 7)}, {}]).encode()
+        message = self.channel.prepare_message(
+            body,
+            priority=priority,
+            content_type="application/json",
+            content_encoding="utf-8",
+            headers=headers,
+            properties={"delivery_mode": 2, "correlation_id": f"task-{index}"},
+        )
+        self.channel.basic_publish(message, exchange="", routing_key=tenant_queue)
+
+    def settle(self) -> None:
+        """Wait until the broker has routed everything published so far."""
+        self.channel.queue_declare(self.prefix + ".settle", auto_delete=True)
+        self.channel.queue_delete(self.prefix + ".settle")
+
+    def ready(self, queue: str) -> int | None:
+        """Messages in *queue*, or None when it does not exist."""
+        channel: Any = self.conn.channel()
+        try:
+            _, ready, _ = channel.queue_declare(queue, passive=True)
+        except self.conn.channel_errors:
+            return None
+        channel.close()
+        return int(ready)
+
+    def take(self, queue: str) -> list[Any]:
+        """Every message of *queue*, oldest first (removed)."""
+        found = []
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            raw = self.channel.basic_get(queue, no_ack=True)
+            if raw is None:
+                break
+            found.append(raw)
+        return found
+
+    def close(self) -> None:
+        channel: Any = self.conn.channel()
+        for name in self.queues:
+            channel.queue_delete(name)
+        channel.close()
+        self.conn.release()
+
+
+@pytest.fixture
+def broker(amqp_url: str) -> Iterator[Broker]:
+    instance = Broker(amqp_url)
+    yield instance
+    instance.close()
+
+
+@pytest.fixture
+def held(amqp_url: str) -> AmqpHeldQueues:
+    return AmqpHeldQueues(_connect, idle_wait=0.05, confirm_timeout=30)
+
+
+def _ids(messages: list[HeldMessage]) -> list[str]:
+    return [m.task_id for m in messages]
+
+
+def test_release_moves_every_message_to_its_route_in_order(
+    broker: Broker, held: AmqpHeldQueues
+) -> None:
+    tenant = broker.declare("tenant.Cust123")
+    first = broker.declare("first")
+    second = broker.declare("second", **{"x-max-priority": 9})
+    for i in range(300):
+        broker.hold(tenant, i, ("", first if i % 3 else second), priority=i % 10)
+    broker.settle()
+    before = {m.task_id: m for m in held.peek(tenant, limit=300)}
+
+    moved = held.release(tenant, marker="resume-1", batch=64)
+
+    assert moved == 300
+    assert broker.ready(tenant) == 0
+    got_first = broker.take(first)
+    assert [m.headers["id"] for m in got_first] == [f"task-{i}" for i in range(300) if i % 3]
+    for raw in got_first:
+        original = before[raw.headers["id"]]
+        assert bytes(raw.body) == original.body
+        assert raw.properties["content_type"] == "application/json"
+        assert raw.properties["content_encoding"] == "utf-8"
+        assert raw.properties["delivery_mode"] == 2
+        assert raw.properties["priority"] == original.properties["priority"]
+        assert raw.properties["correlation_id"] == original.properties["correlation_id"]
+        assert raw.headers == {**original.headers, RELEASED_HEADER: "resume-1"}
+    # A priority queue hands out the highest priority first, in order within one.
+    got_second = broker.take(second)
+    expected = sorted((i for i in range(300) if i % 3 == 0), key=lambda i: (-(i % 10), i))
+    assert [m.headers["id"] for m in got_second] == [f"task-{i}" for i in expected]
+    assert all(m.properties["priority"] == int(m.headers["id"][5:]) % 10 for m in got_second)
+
+
+def test_release_copies_bodies_byte_for_byte(broker: Broker, held: AmqpHeldQueues) -> None:
+    tenant = broker.declare("tenant.Bytes")
+    target = broker.declare("target")
+    bodies = [
+        ("application/json", "utf-8", '["Gr\u00fc\u00dfe", "\u65e5\u672c"]'.encode()),
+        ("application/x-python-serialize", "binary", bytes(range(256))),
+        ("application/json", "utf-8", b"\xff\xfe not utf-8"),
+    ]
+    for content_type, encoding, body in bodies:
+        message = broker.channel.prepare_message(
+            body,
+            content_type=content_type,
+            content_encoding=encoding,
+            headers={
+                "id": content_type,
+                "tenant_gate_route": {"exchange": "", "routing_key": target},
+            },
+            properties={"delivery_mode": 2},
+        )
+        broker.channel.basic_publish(message, exchange="", routing_key=tenant)
+    broker.settle()
+
+    assert [m.body for m in held.peek(tenant)] == [body for _, _, body in bodies]
+    assert held.release(tenant, marker="m") == 3
+    got = broker.take(target)
+    assert [bytes(m.body) for m in got] == [body for _, _, body in bodies]
+    assert [m.properties["content_encoding"] for m in got] == ["utf-8", "binary", "utf-8"]
+
+
+def test_release_without_route_header_goes_to_the_default_queue(broker: Broker) -> None:
+    tenant = broker.declare("tenant.Cust7")
+    default = broker.declare("celery")
+    held = AmqpHeldQueues(_connect, default_queue=default)
+    for i in range(5):
+        broker.hold(tenant, i, None)
+    broker.settle()
+
+    assert held.release(tenant, marker="m") == 5
+    assert [m.headers["id"] for m in broker.take(default)] == [f"task-{i}" for i in range(5)]
+
+
+def test_release_through_a_named_exchange(broker: Broker, held: AmqpHeldQueues) -> None:
+    tenant = broker.declare("tenant.Cust8")
+    target = broker.declare("target")
+    exchange = broker.prefix + ".ex"
+    broker.channel.exchange_declare(exchange, "direct", durable=False, auto_delete=True)
+    broker.channel.queue_bind(target, exchange, routing_key="work")
+    for i in range(10):
+        broker.hold(tenant, i, (exchange, "work"))
+    broker.settle()
+    try:
+        assert held.release(tenant, marker="m") == 10
+        assert [m.headers["id"] for m in broker.take(target)] == [f"task-{i}" for i in range(10)]
+    finally:
+        broker.channel.exchange_delete(exchange)
+
+
+def test_release_of_10000_messages_is_fast(broker: Broker, held: AmqpHeldQueues) -> None:
+    tenant = broker.declare("tenant.Big")
+    target = broker.declare("target")
+    for i in range(10_000):
+        broker.hold(tenant, i, ("", target))
+    broker.settle()
+
+    started = time.perf_counter()
+    moved = held.release(tenant, marker="bulk")
+    elapsed = time.perf_counter() - started
+
+    print(f"released {moved} messages in {elapsed:.2f}s: {moved / elapsed:,.0f} msg/s")
+    assert moved == 10_000
+    assert broker.ready(tenant) == 0
+    assert broker.ready(target) == 10_000
+    # Generous: the goal is 5,000/s, but CI machines are slow and shared.
+    assert moved / elapsed > 1_000
+
+
+def test_release_also_moves_messages_arriving_meanwhile(
+    broker: Broker, held: AmqpHeldQueues, amqp_url: str
+) -> None:
+    tenant = broker.declare("tenant.Busy")
+    target = broker.declare("target")
+    for i in range(5_000):
+        broker.hold(tenant, i, ("", target))
+    broker.settle()
+
+    def hold_more() -> None:
+        late = Broker(amqp_url)
+        try:
+            for i in range(5_000, 5_500):
+                late.hold(tenant, i, ("", target))
+            late.settle()
+        finally:
+            late.close()
+
+    thread = threading.Thread(target=hold_more)
+    thread.start()
+    try:
+        moved = held.release(tenant, marker="m")
+    finally:
+        thread.join(timeout=60)
+
+    assert moved == 5_500
+    assert broker.ready(tenant) == 0
+    assert [m.headers["id"] for m in broker.take(target)] == [f"task-{i}" for i in range(5_500)]
+
+
+def test_release_stops_at_an_unroutable_message_and_loses_nothing(
+    broker: Broker, held: AmqpHeldQueues
+) -> None:
+    from celery_tenant_gate.held_amqp import HeldReleaseError
+
+    tenant = broker.declare("tenant.Cust9")
+    target = broker.declare("target")
+    missing = broker.name("missing")  # never declared
+    for i in range(6):
+        broker.hold(tenant, i, ("", missing if i == 3 else target))
+    broker.settle()
+
+    with pytest.raises(HeldReleaseError) as caught:
+        held.release(tenant, marker="m")
+
+    assert caught.value.routes == [("", missing)]
+    assert caught.value.moved == 5
+    assert broker.ready(missing) is None
+    assert [m.headers["id"] for m in broker.take(target)] == [f"task-{i}" for i in (0, 1, 2, 4, 5)]
+    assert _ids(held.peek(tenant)) == ["task-3"]
+
+
+def test_release_to_a_missing_exchange_moves_only_what_came_before(
+    broker: Broker, held: AmqpHeldQueues
+) -> None:
+    from celery_tenant_gate.held_amqp import HeldReleaseError
+
+    tenant = broker.declare("tenant.Cust10")
+    target = broker.declare("target")
+    for i in range(6):
+        broker.hold(tenant, i, (broker.prefix + ".nope", "x") if i == 2 else ("", target))
+    broker.settle()
+
+    with pytest.raises(HeldReleaseError) as caught:
+        held.release(tenant, marker="m")
+
+    assert caught.value.moved == 2
+    assert [m.headers["id"] for m in broker.take(target)] == ["task-0", "task-1"]
+    assert _ids(held.peek(tenant)) == [f"task-{i}" for i in range(2, 6)]
+
+
+def test_count_and_peek_neither_create_nor_reorder(broker: Broker, held: AmqpHeldQueues) -> None:
+    missing = broker.name("tenant.Nobody")
+    assert held.count(missing) == 0
+    assert held.peek(missing) == []
+    assert broker.ready(missing) is None
+
+    tenant = broker.declare("tenant.Cust11")
+    target = broker.declare("target")
+    for i in range(20):
+        broker.hold(tenant, i, ("", target), priority=i % 3)
+    broker.settle()
+
+    assert held.count(tenant) == 20
+    first = held.peek(tenant, limit=5)
+    assert _ids(first) == [f"task-{i}" for i in range(5)]
+    assert first[0].task_name == "app.tasks.sync"
+    assert first[0].content_type == "application/json"
+    assert first[1].properties["priority"] == 1
+    everything = held.peek(tenant, limit=100)
+    assert _ids(everything) == [f"task-{i}" for i in range(20)]
+    assert held.count(tenant) == 20
+    assert _ids(held.peek(tenant, limit=100)) == _ids(everything)
+    assert held.release(tenant, marker="m") == 20
+    assert [m.headers["id"] for m in broker.take(target)] == [f"task-{i}" for i in range(20)]
+
+
+def test_drain_hands_every_message_to_the_sink_and_empties_the_queue(
+    broker: Broker, held: AmqpHeldQueues
+) -> None:
+    tenant = broker.declare("tenant.Gone")
+    for i in range(1_234):
+        broker.hold(tenant, i, ("", "celery"))
+    broker.settle()
+    batches: list[list[HeldMessage]] = []
+
+    removed = held.drain(tenant, batches.append, batch=100)
+
+    assert removed == 1_234
+    assert all(0 < len(b) <= 100 for b in batches)
+    assert _ids([m for b in batches for m in b]) == [f"task-{i}" for i in range(1_234)]
+    assert held.count(tenant) == 0
+    assert broker.ready(tenant) == 0
+
+
+def test_a_failing_sink_leaves_the_messages_in_the_queue(
+    broker: Broker, held: AmqpHeldQueues
+) -> None:
+    tenant = broker.declare("tenant.Gone2")
+    for i in range(50):
+        broker.hold(tenant, i, ("", "celery"))
+    broker.settle()
+    calls: list[int] = []
+
+    def sink(batch: list[HeldMessage]) -> None:
+        calls.append(len(batch))
+        if len(calls) == 2:
+            raise RuntimeError("the record store is down")
+
+    with pytest.raises(RuntimeError, match="record store"):
+        held.drain(tenant, sink, batch=20)
+
+    assert calls == [20, 20]
+    assert held.count(tenant) == 30
+    assert _ids(held.peek(tenant)) == [f"task-{i}" for i in range(20, 50)]
+
+
+def test_missing_or_empty_queues_release_and_drain_nothing(
+    broker: Broker, held: AmqpHeldQueues
+) -> None:
+    missing = broker.name("tenant.Missing")
+    empty = broker.declare("tenant.Empty")
+    batches: list[list[HeldMessage]] = []
+
+    assert held.release(missing, marker="m") == 0
+    assert held.release(empty, marker="m") == 0
+    assert held.drain(missing, batches.append) == 0
+    assert held.drain(empty, batches.append) == 0
+    assert batches == []
+    assert broker.ready(missing) is None
+    assert broker.ready(empty) == 0
