@@ -116,6 +116,14 @@ class Gate:
         return verdict
 
     def _after_hold(self, ctx: str, queue: str, headers: Any) -> None:
+        # The task is safe in its queue now; what follows is bookkeeping, which must
+        # not make the caller requeue it (that would hold it twice).
+        try:
+            self._note_hold(ctx, queue, headers)
+        except Exception:
+            logger.exception("tenant-gate: held a task of %s but could not note it", ctx)
+
+    def _note_hold(self, ctx: str, queue: str, headers: Any) -> None:
         self.states.store.mark_held(ctx, self._clock())
         record = self.states.record(ctx)
         reason = _why(record)
@@ -307,9 +315,12 @@ def _why(record: TenantRecord | None) -> str:
 
 
 def _raw_of(message: Any) -> HeldMessage:
+    body = message.body or b""
+    if isinstance(body, str):  # py-amqp hands over decoded text
+        body = body.encode(message.content_encoding or "utf-8")
     return HeldMessage(
         headers=dict(message.headers or {}),
-        body=bytes(message.body or b""),
+        body=bytes(body),
         content_type=message.content_type or "",
         content_encoding=message.content_encoding or "",
         properties=dict(message.properties or {}),

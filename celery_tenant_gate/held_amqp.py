@@ -275,9 +275,10 @@ class AmqpHeldQueues:
         The destination is the exchange and routing key in the message's
         ``tenant_gate_route`` header (the default exchange and *default_queue* if it
         has none). The copy has the same body, content type, encoding, properties and
-        headers, plus the header ``tenant_gate_released`` = *marker*. Messages that
-        arrive meanwhile are moved too; the call returns the number moved once the
-        queue is empty. 0 for a queue that does not exist.
+        headers, plus the header ``tenant_gate_released`` = *marker*. Only the messages
+        there when the call starts are moved: one that arrives meanwhile (a task held
+        again at once, because its tenant still does not run) waits for the next
+        release, so a release always ends. 0 for a queue that does not exist.
 
         Raises :class:`HeldReleaseError` if a message's route leads to no queue (or
         to a missing exchange). The release stops at the end of that batch: such
@@ -287,11 +288,14 @@ class AmqpHeldQueues:
         if batch < 1:
             raise ValueError(f"batch must be at least 1, not {batch}")
         with self._connection() as connection:
-            if not self._ready(connection, queue):
+            waiting = self._ready(connection, queue)
+            if not waiting:
                 return 0
             consumer = _Consumer(connection, queue, prefetch=2 * batch)
             try:
-                return self._release(connection, consumer, queue, marker, batch)
+                return self._release(
+                    connection, consumer, queue=queue, marker=marker, batch=batch, limit=waiting
+                )
             finally:
                 _close_channel(consumer.channel)
 
@@ -299,15 +303,23 @@ class AmqpHeldQueues:
         self,
         connection: Connection,
         consumer: _Consumer,
+        *,
         queue: str,
         marker: str,
         batch: int,
+        limit: int,
     ) -> int:
         channel = consumer.channel
         confirms = _Confirms(channel)
         known_exchanges = {""}
         moved = 0
         while True:
+            if moved >= limit:
+                # Deliveries buffered past the limit were never acked: they go back
+                # to the tenant queue, in place, when the channel closes.
+                consumer.stop()
+                return moved
+            batch = min(batch, limit - moved)
             consumer.fill(batch, self.idle_wait)
             if not consumer.buffer:
                 if consumer.cancelled or not self._ready(connection, queue):

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -25,6 +26,9 @@ from .holding import restore_route
 from .verdicts import Verdict
 
 logger = logging.getLogger(__name__)
+
+#: Seconds the consumer waits before requeueing a task it could not screen.
+REQUEUE_DELAY = 0.5
 
 
 def gated(gate: Gate, on_task_request: Callable[[Any], Any]) -> Callable[[Any], Any]:
@@ -39,10 +43,15 @@ def gated(gate: Gate, on_task_request: Callable[[Any], Any]) -> Callable[[Any], 
         try:
             verdict = gate.screen(message, task, request.args, request.kwargs)
         except Exception:
-            # Neither run it (its tenant may be away) nor lose it: back to the broker.
+            # Neither run it (its tenant may be away) nor lose it: back to the broker,
+            # after a pause, so that a broken broker or Redis is not a hot loop.
             logger.exception(
-                "tenant-gate: could not screen task %s[%s]; requeued", task.name, request.id
+                "tenant-gate: could not screen task %s[%s]; requeued in %.1fs",
+                task.name,
+                request.id,
+                REQUEUE_DELAY,
             )
+            time.sleep(REQUEUE_DELAY)
             request.reject(requeue=True)
             task_ready(request)
             return None

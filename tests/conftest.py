@@ -34,6 +34,24 @@ def redis_url() -> Iterator[str]:
         yield server.url
 
 
+AMQP_URL = os.environ.get("TENANT_GATE_TEST_AMQP_URL") or "amqp://guest:guest@127.0.0.1:5672//"
+
+
+@pytest.fixture(scope="session")
+def amqp_url() -> str:
+    """RabbitMQ: skipped when unreachable on a laptop, a failure in CI."""
+    from kombu.connection import Connection
+
+    try:
+        with Connection(AMQP_URL, connect_timeout=5) as conn:
+            conn.ensure_connection(max_retries=1, timeout=5)
+    except Exception as exc:
+        if IN_CI:
+            pytest.fail(f"RabbitMQ at {AMQP_URL} is not reachable: {exc}")
+        pytest.skip(f"RabbitMQ at {AMQP_URL} is not reachable: {exc}")
+    return AMQP_URL
+
+
 @pytest.fixture
 def redis_client(redis_url: str) -> Iterator[redis.Redis]:
     client = redis.Redis.from_url(redis_url)

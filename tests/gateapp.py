@@ -1,8 +1,9 @@
-"""The Celery app the worker tests run, in-process or as `celery -A gateapp worker`.
+"""The Celery app the worker tests run as `celery -A gateapp worker`, and publish with.
 
-Configured from the environment so a subprocess worker matches the test:
-GATE_BROKER, GATE_REDIS, GATE_PREFIX, GATE_STATE_API, GATE_ACKS_LATE.
-Every body that runs appends a JSON line to the Redis list `{prefix}:ran`.
+Configured from the environment (:func:`make_app`), so that a subprocess worker
+matches its test: GATE_BROKER, GATE_REDIS, GATE_PREFIX, GATE_STATE_API,
+GATE_ACKS_LATE, GATE_PREFETCH, GATE_MIN_TTL, GATE_SWEEP. Every body that runs
+appends a JSON line to the Redis list `{prefix}:ran`.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Mapping
 from typing import Any
 
 import redis
@@ -17,52 +19,96 @@ from celery import Celery
 
 from celery_tenant_gate import install, tenant_task
 
-PREFIX = os.environ.get("GATE_PREFIX", "tgtest")
-REDIS = os.environ.get("GATE_REDIS", "redis://127.0.0.1:6379/0")
 
-app = Celery("gateapp", broker=os.environ.get("GATE_BROKER", REDIS))
-app.conf.update(
-    tenant_gate_redis_url=REDIS,
-    tenant_gate_key_prefix=PREFIX,
-    tenant_gate_state_api_url=os.environ.get("GATE_STATE_API", "http://127.0.0.1:9/api/state"),
-    tenant_gate_state_api_retries=0,
-    tenant_gate_min_ttl=float(os.environ.get("GATE_MIN_TTL", "5")),
-    tenant_gate_sweep_interval=float(os.environ.get("GATE_SWEEP", "0.2")),
-    task_acks_late=os.environ.get("GATE_ACKS_LATE", "0") == "1",
-    task_default_queue=f"{PREFIX}.work",
-    broker_connection_retry_on_startup=True,
-    worker_hijack_root_logger=False,
-)
-gate = install(app)
-_results = redis.Redis.from_url(REDIS)
-
-
-def _ran(**fields: Any) -> None:
-    _results.rpush(f"{PREFIX}:ran", json.dumps({"at": time.time(), **fields}))
-
-
-@tenant_task(app, bind=True, name="gateapp.work")
-def work(self: Any, context_id: str, n: int, **kwargs: Any) -> int:
-    _ran(
-        kind="work",
-        id=self.request.id,
-        ctx=context_id,
-        n=n,
-        kwargs=kwargs,
-        retries=self.request.retries,
-        api=self.tenant.api,
+def make_app(env: Mapping[str, str]) -> Celery:
+    prefix = env.get("GATE_PREFIX", "tgtest")
+    redis_url = env.get("GATE_REDIS", "redis://127.0.0.1:6379/0")
+    app = Celery("gateapp", broker=env.get("GATE_BROKER", redis_url), set_as_current=False)
+    app.conf.update(
+        tenant_gate_redis_url=redis_url,
+        tenant_gate_key_prefix=prefix,
+        tenant_gate_state_api_url=env.get("GATE_STATE_API", "http://127.0.0.1:9/api/state"),
+        tenant_gate_state_api_retries=0,
+        tenant_gate_min_ttl=float(env.get("GATE_MIN_TTL", "5")),
+        tenant_gate_sweep_interval=float(env.get("GATE_SWEEP", "0.2")),
+        tenant_gate_queue_template=prefix + ":q.tenant.{ctx}",
+        task_default_queue=f"{prefix}:q.work",
+        task_acks_late=env.get("GATE_ACKS_LATE", "0") == "1",
+        worker_prefetch_multiplier=int(env.get("GATE_PREFETCH", "4")),
+        broker_connection_retry_on_startup=True,
+        worker_hijack_root_logger=False,
+        result_backend=env.get("GATE_RESULTS") or None,
     )
-    return n
+    if env.get("GATE_VISIBILITY"):  # Redis: redeliver a killed worker's messages soon
+        app.conf.broker_transport_options = {"visibility_timeout": float(env["GATE_VISIBILITY"])}
+    install(app)
+    results = redis.Redis.from_url(redis_url)
+
+    def ran(**fields: Any) -> None:
+        results.rpush(f"{prefix}:ran", json.dumps({"at": time.time(), **fields}))
+
+    @tenant_task(app, shared=False, bind=True, name="gateapp.work")
+    def work(self: Any, context_id: str, n: int, **kwargs: Any) -> int:
+        ran(
+            kind="work",
+            id=self.request.id,
+            ctx=context_id,
+            n=n,
+            kwargs=kwargs,
+            retries=self.request.retries,
+            api=self.tenant.api,
+            held=_header(self.request, "tenant_gate_held"),
+        )
+        return n
+
+    @tenant_task(app, shared=False, bind=True, name="gateapp.slow")
+    def slow(self: Any, context_id: str, n: int, seconds: float = 0.05) -> int:
+        started = time.time()
+        time.sleep(seconds)  # a task that takes a while, so that others wait behind it
+        ran(kind="slow", id=self.request.id, ctx=context_id, n=n, started=started)
+        return n
+
+    @tenant_task(app, shared=False, bind=True, name="gateapp.fragile", max_retries=0)
+    def fragile(self: Any, context_id: str, n: int) -> int:
+        ran(
+            kind="fragile",
+            id=self.request.id,
+            ctx=context_id,
+            n=n,
+            retries=self.request.retries,
+            held=_header(self.request, "tenant_gate_held"),
+        )
+        return n
+
+    @tenant_task(
+        app, shared=False, bind=True, name="gateapp.retrying", max_retries=1, default_retry_delay=0
+    )
+    def retrying(self: Any, context_id: str, n: int) -> int:
+        ran(
+            kind="retrying",
+            id=self.request.id,
+            ctx=context_id,
+            n=n,
+            retries=self.request.retries,
+            routing_key=(self.request.delivery_info or {}).get("routing_key"),
+        )
+        if self.request.retries == 0:
+            raise self.retry()
+        return n
+
+    @app.task(name="gateapp.plain", shared=False)
+    def plain(n: int) -> int:
+        ran(kind="plain", n=n)
+        return n
+
+    return app
 
 
-@tenant_task(app, bind=True, name="gateapp.slow")
-def slow(self: Any, context_id: str, n: int, seconds: float = 0.05) -> int:
-    time.sleep(seconds)  # a task that takes a while, so others pile up behind it
-    _ran(kind="slow", id=self.request.id, ctx=context_id, n=n)
-    return n
+def _header(request: Any, name: str) -> Any:
+    value = getattr(request, name, None)
+    if value is None:
+        value = (request.headers or {}).get(name)
+    return value
 
 
-@app.task(name="gateapp.plain")
-def plain(n: int) -> int:
-    _ran(kind="plain", n=n)
-    return n
+app = make_app(os.environ)

@@ -29,18 +29,6 @@ def _connect() -> Connection:
     return Connection(AMQP_URL, connect_timeout=5, transport_options={"read_timeout": 30})
 
 
-@pytest.fixture(scope="module")
-def amqp_url() -> str:
-    try:
-        with _connect() as conn:
-            conn.ensure_connection(max_retries=1, timeout=5)
-    except Exception as exc:
-        if os.environ.get("CI"):
-            pytest.fail(f"RabbitMQ at {AMQP_URL} is not reachable: {exc}")
-        pytest.skip(f"RabbitMQ at {AMQP_URL} is not reachable: {exc}")
-    return AMQP_URL
-
-
 class Broker:
     """A test's own connection and queue names; deletes its queues afterwards."""
 
@@ -232,38 +220,32 @@ def test_release_through_a_named_exchange(broker: Broker, held: AmqpHeldQueues) 
         broker.channel.exchange_delete(exchange)
 
 
-def test_release_of_10000_messages_is_fast(broker: Broker, held: AmqpHeldQueues) -> None:
+def test_a_large_release_moves_everything_in_order(broker: Broker, held: AmqpHeldQueues) -> None:
     tenant = broker.declare("tenant.Big")
     target = broker.declare("target")
-    for i in range(10_000):
+    for i in range(3_000):
         broker.hold(tenant, i, ("", target))
     broker.settle()
-
-    started = time.perf_counter()
-    moved = held.release(tenant, marker="bulk")
-    elapsed = time.perf_counter() - started
-
-    print(f"released {moved} messages in {elapsed:.2f}s: {moved / elapsed:,.0f} msg/s")
-    assert moved == 10_000
+    assert held.release(tenant, marker="bulk") == 3_000  # its speed: bench/release.py
     assert broker.ready(tenant) == 0
-    assert broker.ready(target) == 10_000
-    # Generous: the goal is 5,000/s, but CI machines are slow and shared.
-    assert moved / elapsed > 1_000
+    assert [m.headers["id"] for m in broker.take(target)] == [f"task-{i}" for i in range(3_000)]
 
 
-def test_release_also_moves_messages_arriving_meanwhile(
+def test_a_release_ends_and_leaves_late_arrivals_for_the_next_one(
     broker: Broker, held: AmqpHeldQueues, amqp_url: str
 ) -> None:
+    # A task held again at once (its tenant still does not run) must not keep a
+    # release going for ever: only what waited when it started is moved.
     tenant = broker.declare("tenant.Busy")
     target = broker.declare("target")
-    for i in range(5_000):
+    for i in range(2_000):
         broker.hold(tenant, i, ("", target))
     broker.settle()
 
     def hold_more() -> None:
         late = Broker(amqp_url)
         try:
-            for i in range(5_000, 5_500):
+            for i in range(2_000, 2_300):
                 late.hold(tenant, i, ("", target))
             late.settle()
         finally:
@@ -275,10 +257,11 @@ def test_release_also_moves_messages_arriving_meanwhile(
         moved = held.release(tenant, marker="m")
     finally:
         thread.join(timeout=60)
-
-    assert moved == 5_500
-    assert broker.ready(tenant) == 0
-    assert [m.headers["id"] for m in broker.take(target)] == [f"task-{i}" for i in range(5_500)]
+    assert moved == 2_000
+    late = broker.ready(tenant)
+    assert moved + late == 2_300
+    assert held.release(tenant, marker="m2") == late
+    assert [m.headers["id"] for m in broker.take(target)] == [f"task-{i}" for i in range(2_300)]
 
 
 def test_release_stops_at_an_unroutable_message_and_loses_nothing(
