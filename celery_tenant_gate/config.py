@@ -105,6 +105,27 @@ class GateConfig:
     dead_letter_max: int = _setting(
         10_000, "Most dropped tasks kept per tenant (the count is kept in full)."
     )
+    control_queue: str = _setting(
+        "tenant_gate.control",
+        "Queue of the control task that the webhook sends; every worker of an installed "
+        "app consumes it. Never a tenant queue, never gated.",
+    )
+    webhook_jwks_url: str | None = _setting(
+        None,
+        "JWKS with SuperOffice's signing keys. Default: "
+        "`https://{environment host}/login/.well-known/jwks` unless a public key is set.",
+    )
+    webhook_public_key: str | None = _setting(
+        None, "PEM public key or certificate to verify notification tokens with, instead of JWKS."
+    )
+    webhook_issuer: str | None = _setting(
+        None, "Expected `iss` of notification tokens. Default: `https://{environment host}`."
+    )
+    webhook_audience: str | None = _setting(
+        None, "Expected `aud` of notification tokens; not checked when unset."
+    )
+    webhook_leeway: float = _setting(60.0, "Seconds of clock skew allowed on `exp` and `nbf`.")
+    webhook_max_body: int = _setting(65_536, "Largest notification body accepted, in bytes.")
     local_cache_size: int = _setting(
         100_000, "Most tenants each process keeps in its in-memory cache."
     )
@@ -115,6 +136,24 @@ class GateConfig:
         if self.state_api_url:
             return self.state_api_url.rstrip("/")
         return f"https://{ENVIRONMENTS[self.environment]}/api/state"
+
+    @property
+    def environment_host(self) -> str:
+        return ENVIRONMENTS[self.environment]
+
+    @property
+    def token_issuer(self) -> str:
+        """The issuer notification tokens must name."""
+        return self.webhook_issuer or f"https://{self.environment_host}"
+
+    @property
+    def jwks_url(self) -> str | None:
+        """Where SuperOffice's signing keys are, unless a public key is configured."""
+        if self.webhook_jwks_url:
+            return self.webhook_jwks_url
+        if self.webhook_public_key:
+            return None
+        return f"https://{self.environment_host}/login/.well-known/jwks"
 
     @property
     def policy(self) -> VerdictPolicy:
@@ -316,6 +355,13 @@ _PARSERS: dict[str, Callable[[str, Any], Any]] = {
     "lock_timeout": _positive,
     "tenant_id_pattern": _pattern,
     "local_cache_size": _count,
+    "control_queue": _text,
+    "webhook_jwks_url": _url,
+    "webhook_public_key": _text,
+    "webhook_issuer": _text,
+    "webhook_audience": _text,
+    "webhook_leeway": _non_negative,
+    "webhook_max_body": _count,
     "queue_template": _queue_template,
     "sweep_interval": _positive,
     "dead_letter_max": _count,
