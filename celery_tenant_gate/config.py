@@ -110,6 +110,16 @@ class GateConfig:
         "Queue of the control task that the webhook sends; every worker of an installed "
         "app consumes it. Never a tenant queue, never gated.",
     )
+    webhook_min_pause: float = _setting(
+        120.0,
+        "After an Upgrade or Suspend notification, seconds before the tenant may resume by "
+        "itself (the State API may still say Running when the notification comes).",
+    )
+    delete_confirm_timeout: float = _setting(
+        900.0,
+        "After a Delete notification, seconds to wait for the State API to confirm it "
+        "before the tenant's work is dropped anyway.",
+    )
     webhook_jwks_url: str | None = _setting(
         None,
         "JWKS with SuperOffice's signing keys. Default: "
@@ -356,6 +366,8 @@ _PARSERS: dict[str, Callable[[str, Any], Any]] = {
     "tenant_id_pattern": _pattern,
     "local_cache_size": _count,
     "control_queue": _text,
+    "webhook_min_pause": _non_negative,
+    "delete_confirm_timeout": _non_negative,
     "webhook_jwks_url": _url,
     "webhook_public_key": _text,
     "webhook_issuer": _text,

@@ -185,6 +185,7 @@ class Gate:
         hold, the gate holds its tasks again (and pauses it, by ``gate``).
         """
         ctx = validate_tenant_id(context_id, self._pattern)
+        self.states.store.set_fields(ctx, {"resume_not_before": "0", "delete_after": "0"})
         self.states.set_paused(ctx, False, reason="")
         released = self.release(ctx)
         logger.info("tenant-gate: resumed %s, %d held task(s) released", ctx, released)
@@ -256,27 +257,56 @@ class Gate:
         store = self.states.store
         for ctx in sorted(set(store.paused()) | set(store.held_tenants())):
             try:
-                done.update(self._sweep_one(ctx))
+                what = self._sweep_one(ctx)
             except Exception:
                 logger.exception("tenant-gate: sweep of %s failed; next sweep tries again", ctx)
+                continue
+            if what:
+                done[ctx] = what
         return done
 
-    def _sweep_one(self, ctx: str) -> dict[str, str]:
+    def _sweep_one(self, ctx: str) -> str:
         record = self.states.record(ctx)  # asks the State API when its answer is due
         if record is None:
-            return {}
-        if record.paused and not record.resumes_by_itself:
-            return {}
-        state_verdict = self.states.policy.decide(replace(record, paused=False), self._clock())
-        if state_verdict is Verdict.RUN:
+            return ""
+        now = self._clock()
+        if record.deleted:
+            return _say("dropped", self.purge(ctx, reason="tenant deleted"))
+        if record.delete_after and now >= record.delete_after:
+            return f"deleted unconfirmed, dropped {self.mark_deleted(ctx, 'Delete')}"
+        waiting = record.paused_by == "webhook" and now < record.resume_not_before
+        if (record.paused and not record.resumes_by_itself) or waiting:
+            return ""
+        if record.paused_by == "webhook" and record.learnt_at < record.paused_at:
+            # Only an answer given after the notification says it is over.
+            record = self.states.refresh(ctx) or record
+        return self._follow_state(ctx, record, now)
+
+    def _follow_state(self, ctx: str, record: TenantRecord, now: float) -> str:
+        """Resume, release or drop as the tenant's state (not its pause) says."""
+        verdict = self.states.policy.decide(replace(record, paused=False), now)
+        if verdict is Verdict.RUN:
             if record.paused:
-                return {ctx: f"resumed, {self.resume(ctx)} released"}
-            moved = self.release(ctx)
-            return {ctx: f"released {moved} straggler(s)"} if moved else {}
-        if state_verdict is Verdict.DROP:
-            dropped = self.purge(ctx, reason=f"tenant dropped: {_why(record)}")
-            return {ctx: f"dropped {dropped}"} if dropped else {}
-        return {}
+                return f"resumed, {self.resume(ctx)} released"
+            return _say("released stragglers:", self.release(ctx))
+        if verdict is Verdict.DROP:
+            if record.paused or record.delete_after:
+                return f"deleted, dropped {self.mark_deleted(ctx, _why(record))}"
+            return _say("dropped", self.purge(ctx, reason=f"tenant dropped: {_why(record)}"))
+        return ""
+
+    def mark_deleted(self, context_id: str, why: str) -> int:
+        """Take the tenant as deleted: drop its held tasks, and every task from now on.
+        Sends ``tenant_deleted``; returns how many held tasks were dropped."""
+        ctx = validate_tenant_id(context_id, self._pattern)
+        self.states.store.set_fields(ctx, {"deleted": "1"})
+        self.states.cache.invalidate(ctx)
+        dropped = self.purge(ctx, reason=f"tenant deleted ({why})")
+        logger.warning(
+            "tenant-gate: %s is deleted (%s); %d held task(s) dropped", ctx, why, dropped
+        )
+        signals.tenant_deleted.send(sender=ctx, context_id=ctx, state=why)
+        return dropped
 
     def _moving(self, ctx: str) -> _MoveLock:
         return _MoveLock(self.states, ctx, self.config.lock_timeout)
@@ -304,6 +334,10 @@ class _MoveLock:
     def __exit__(self, *exc: object) -> None:
         if self.token is not None:
             self.store.unlock(self.key, self.token)
+
+
+def _say(what: str, count: int) -> str:
+    return f"{what} {count}" if count else ""
 
 
 def _why(record: TenantRecord | None) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from .app import gate_config, gate_for
+from .control import register as register_control_task
 from .gate import Gate
 from .worker import TenantGateStep
 
@@ -19,5 +20,6 @@ def install(app: Any) -> Gate:
     gate_config(app)
     if not getattr(app, "_tenant_gate_installed", False):
         app.steps["consumer"].add(TenantGateStep)
+        register_control_task(app, gate_for)
         app._tenant_gate_installed = True
     return gate_for(app)

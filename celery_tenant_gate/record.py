@@ -46,6 +46,16 @@ class TenantRecord:
     #: Who paused it: ``manual`` (only a resume by hand ends it), ``gate`` (its state
     #: said hold) or ``webhook``; the last two end when the tenant runs again.
     paused_by: str = ""
+    #: Paused by a notification: not resumed by itself before this time (an Upgrade
+    #: is announced before the State API shows it).
+    resume_not_before: float = 0.0
+    #: A Delete notification came: drop the tenant's work after this time even if the
+    #: State API has not confirmed it by then (0: no such notification).
+    delete_after: float = 0.0
+    #: The tenant is taken as deleted: its tasks are dropped.
+    deleted: bool = False
+    #: When the newest notification applied was issued (its token's ``iat``).
+    notified_at: float = 0.0
     #: Bumped by every write; lets caches tell answers apart.
     version: int = 0
 
@@ -121,5 +131,9 @@ def record_from_fields(context_id: str, fields: Mapping[str, str]) -> TenantReco
         pause_reason=fields.get("pause_reason", ""),
         paused_at=num("paused_at"),
         paused_by=fields.get("paused_by", ""),
+        resume_not_before=num("resume_not_before"),
+        delete_after=num("delete_after"),
+        deleted=fields.get("deleted") == "1",
+        notified_at=num("notified_at"),
         version=int(num("version")),
     )

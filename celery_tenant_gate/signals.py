@@ -23,3 +23,9 @@ task_held = Signal(
 task_dropped = Signal(
     name="task_dropped", providing_args={"context_id", "task_id", "task_name", "reason"}
 )
+#: A tenant moved to another server (``endpoint``, ``api``).
+tenant_moved = Signal(name="tenant_moved", providing_args={"context_id", "endpoint", "api"})
+#: A tenant was restored from a backup: its data changed under you (``state``).
+tenant_backup_restored = Signal(
+    name="tenant_backup_restored", providing_args={"context_id", "state"}
+)

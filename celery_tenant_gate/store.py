@@ -62,6 +62,15 @@ if was == now then return 0 end
 return 1
 """
 
+# Notifications carry no id or time but their token's: apply one only if it is not
+# older than the newest applied. ARGV: its iat. Returns 1 if applied.
+_NOTIFIED = """
+local stored = tonumber(redis.call('HGET', KEYS[1], 'notified_at') or '0')
+if stored > tonumber(ARGV[1]) then return 0 end
+redis.call('HSET', KEYS[1], 'notified_at', ARGV[1])
+return 1
+"""
+
 _UNLOCK = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
     return redis.call('DEL', KEYS[1])
@@ -85,6 +94,9 @@ def connect(url: str) -> redis.Redis:
     )
 
 
+_ALWAYS = 1e300  # a guard no stored observation time exceeds
+
+
 class StateStore:
     """Reads and writes tenant records in Redis. Thread-safe; holds no state of its own."""
 
@@ -97,6 +109,7 @@ class StateStore:
         self._guarded_write = client.register_script(_GUARDED_WRITE)
         self._set_paused = client.register_script(_SET_PAUSED)
         self._unlock = client.register_script(_UNLOCK)
+        self._notified = client.register_script(_NOTIFIED)
 
     def key(self, context_id: str) -> str:
         return f"{self.prefix}:tenant:{context_id}"
@@ -160,6 +173,16 @@ class StateStore:
             args=["1" if paused else "0", reason, repr(at), self.channel, context_id, by],
         )
         return bool(changed)
+
+    def set_fields(self, context_id: str, fields: Mapping[str, str]) -> TenantRecord:
+        """Write record fields that are not ordered by observation (and announce it)."""
+        record, _ = self._write(context_id, _ALWAYS, False, fields)
+        return record
+
+    def note_notification(self, context_id: str, issued_at: float) -> bool:
+        """Record a notification issued at *issued_at*; False if a newer one was applied."""
+        applied = self._notified(keys=[self.key(context_id)], args=[repr(issued_at)])
+        return bool(applied)
 
     def mark_held(self, context_id: str, at: float) -> None:
         """Note that the tenant's queue may hold messages (so a sweep looks at it)."""

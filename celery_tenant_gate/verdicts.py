@@ -58,6 +58,8 @@ class VerdictPolicy:
 
     def decide(self, record: TenantRecord | None, now: float) -> Verdict:
         """The verdict for a tenant, from its record, at time *now* (Unix seconds)."""
+        if record is not None and record.deleted:
+            return Verdict.DROP
         if record is None or record.state is None:
             verdict = self.failure_verdict
         elif now > record.fresh_until + self.grace_period:

@@ -103,6 +103,8 @@ class TenantGateStep(bootsteps.StartStopStep):  # type: ignore[misc]
     """Consumer bootstep added by :func:`celery_tenant_gate.install`."""
 
     label = "tenant-gate"
+    #: After the Tasks step, which creates the task consumer this step adds a queue to.
+    requires = ("celery.worker.consumer.tasks:Tasks",)
 
     def __init__(self, consumer: Any, **kwargs: Any) -> None:
         super().__init__(consumer, **kwargs)
@@ -114,6 +116,8 @@ class TenantGateStep(bootsteps.StartStopStep):  # type: ignore[misc]
         self.sweeper: Sweeper | None = None
 
     def start(self, consumer: Any) -> None:
+        # Every worker of an installed app takes control tasks, whatever its -Q.
+        consumer.add_task_queue(self.gate.config.control_queue)
         if self.sweeper is None:
             self.sweeper = Sweeper(self.gate, self.gate.config.sweep_interval)
             self.sweeper.start()

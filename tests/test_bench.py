@@ -15,7 +15,17 @@ ROOT = Path(__file__).parent.parent
 def test_python_m_bench_writes_every_field(tmp_path: Path, redis_url: str) -> None:
     out = tmp_path / "results.json"
     result = subprocess.run(
-        [sys.executable, "-m", "bench", "--quick", "--redis", redis_url, "--json", str(out)],
+        [
+            sys.executable,
+            "-m",
+            "bench",
+            "lookup",
+            "--quick",
+            "--redis",
+            redis_url,
+            "--json",
+            str(out),
+        ],
         cwd=ROOT,
         capture_output=True,
         text=True,

@@ -1,0 +1,239 @@
+"""The control task, as the webhook sends it, on real workers and a real broker."""
+
+from __future__ import annotations
+
+import enum
+import os
+import random
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import gateapp
+import pytest
+import redis
+from workers import Harness, wait_until
+
+from celery_tenant_gate import gate_for
+from celery_tenant_gate.control import CONTROL_TASK
+from celery_tenant_gate.gate import Gate
+from celery_tenant_gate.testing import FakeSuperOffice
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
+
+
+class ChangeType(enum.IntEnum):
+    UPGRADE = 0
+    BACKUP_RESTORED = 1
+    SUSPEND = 2
+    RESUME = 3
+    DELETE = 4
+    MOVE = 5
+
+
+@pytest.fixture
+def env(redis_url: str, key_prefix: str, superoffice: FakeSuperOffice) -> dict[str, str]:
+    return {
+        **os.environ,
+        "GATE_BROKER": redis_url,
+        "GATE_REDIS": redis_url,
+        "GATE_PREFIX": key_prefix,
+        "GATE_STATE_API": superoffice.state_api_url,
+        "GATE_MIN_TTL": "0.3",
+        "GATE_SWEEP": "0.2",
+        "GATE_MIN_PAUSE": "1",
+    }
+
+
+@pytest.fixture
+def harness(env: dict[str, str], redis_url: str, redis_client: redis.Redis) -> Iterator[Harness]:
+    harness = Harness(env, redis_url)
+    yield harness
+    harness.stop()
+    for key in redis_client.scan_iter(match=f"_kombu.binding.{env['GATE_PREFIX']}*"):
+        redis_client.delete(key)
+
+
+def notify(app: Any, change: ChangeType, ctx: str, **extra: Any) -> None:
+    gate = gate_for(app)
+    app.send_task(
+        CONTROL_TASK,
+        kwargs={
+            "change_type": int(change),
+            "context_id": ctx,
+            "received_at": time.time(),
+            "token_iat": extra.pop("iat", time.time()),
+            **extra,
+        },
+        queue=gate.config.control_queue,
+    )
+
+
+def _paused(gate: Gate, ctx: str) -> bool:
+    record = gate.state(ctx).record
+    return record is not None and record.paused
+
+
+def test_upgrade_pauses_on_two_workers_and_resumes_without_a_resume_notification(
+    env: dict[str, str], harness: Harness, superoffice: FakeSuperOffice
+) -> None:
+    superoffice.set_state("Cust1", "Running", valid_for=0.3)
+    superoffice.set_state("Cust2", "Running", valid_for=60)
+    app = gateapp.make_app(env)
+    gate = gate_for(app)
+    harness.worker("prefork", concurrency=2)
+    harness.worker("threads", concurrency=2)
+    work = app.tasks["gateapp.work"]
+    work.delay("Cust1", -1)
+    harness.wait_ran(1)
+
+    notify(app, ChangeType.UPGRADE, "Cust1", version_name="Release 10.3.8")
+    wait_until(lambda: _paused(gate, "Cust1"), what="paused by the notification")
+    paused_at = time.time()
+    superoffice.set_state("Cust1", "OfflineMaintenance", valid_for=0.3)
+    held = [work.delay("Cust1", n) for n in range(10)]
+    others = [work.delay("Cust2", n) for n in range(5)]
+    harness.wait_ids({r.id for r in others})
+    assert [r for r in harness.seen if r["ctx"] == "Cust1" and r["at"] > paused_at] == []
+
+    superoffice.set_state("Cust1", "Running", valid_for=60)  # and no Resume notification
+    harness.wait_ids({r.id for r in held})
+    assert sorted(r["n"] for r in harness.ran_now() if r["ctx"] == "Cust1") == [-1, *range(10)]
+    assert not _paused(gate, "Cust1")
+
+
+def test_delete_drops_everything_and_counts_it(
+    env: dict[str, str], harness: Harness, superoffice: FakeSuperOffice
+) -> None:
+    superoffice.set_state("Cust3", "Running", valid_for=60)
+    app = gateapp.make_app(env)
+    gate = gate_for(app)
+    gate.pause("Cust3", "before the delete")  # some work waits when the delete comes
+    work = app.tasks["gateapp.work"]
+    for n in range(5):
+        work.delay("Cust3", n)
+    harness.worker("solo")
+    wait_until(lambda: gate.state("Cust3").held == 5, what="5 held")
+    superoffice.set_state("Cust3", "Deleted", valid_for=60)
+    notify(app, ChangeType.DELETE, "Cust3")
+    wait_until(lambda: gate.dead.count("Cust3") == 5, what="the held 5 dropped")
+    for n in range(5, 8):
+        work.delay("Cust3", n)
+    wait_until(lambda: gate.dead.count("Cust3") == 8, what="new work dropped too")
+    assert harness.ran_now() == []
+    assert gate.state("Cust3").held == 0
+
+
+def test_an_unconfirmed_delete_drops_after_the_timeout(
+    env: dict[str, str], harness: Harness, superoffice: FakeSuperOffice
+) -> None:
+    superoffice.set_state("Cust3", "Running", valid_for=0.3)
+    app = gateapp.make_app(env)
+    gate = gate_for(app)
+    harness.worker("solo")
+    superoffice.forget("Cust3")  # 404 from now on: never Deleted, never Running
+    notify(app, ChangeType.DELETE, "Cust3")
+    wait_until(lambda: _paused(gate, "Cust3"), what="paused")
+    app.tasks["gateapp.work"].delay("Cust3", 1)
+    wait_until(lambda: gate.dead.count("Cust3") == 1, what="dropped after the timeout")
+    assert harness.ran_now() == []
+
+
+def test_move_switches_the_endpoint_for_the_next_task(
+    env: dict[str, str], harness: Harness, superoffice: FakeSuperOffice
+) -> None:
+    superoffice.set_state(
+        "Cust4", "Running", valid_for=3600, endpoint="https://online1.superoffice.com"
+    )
+    app = gateapp.make_app(env)
+    gate = gate_for(app)
+    harness.worker("solo")
+    work = app.tasks["gateapp.work"]
+    work.delay("Cust4", 1)
+    (first,) = harness.wait_ran(1)
+    assert first["api"] == "https://online1.superoffice.com/Cust4/api"
+    notify(app, ChangeType.MOVE, "Cust4", public_endpoint="online7.superoffice.com")
+    wait_until(
+        lambda: (
+            (gate.states.store.get("Cust4") or gate.state("Cust4").record).state.api  # type: ignore[union-attr]
+            == "https://online7.superoffice.com/Cust4/api"
+        ),
+        what="the new endpoint stored",
+    )
+    work.delay("Cust4", 2)
+    second = harness.wait_ran(2)[1]
+    assert second["api"] == "https://online7.superoffice.com/Cust4/api"
+
+
+def test_a_late_notification_does_not_undo_a_newer_one(
+    env: dict[str, str], harness: Harness, superoffice: FakeSuperOffice
+) -> None:
+    superoffice.set_state("Cust1", "Suspended", valid_for=60)
+    app = gateapp.make_app(env)
+    gate = gate_for(app)
+    harness.worker("solo")
+    now = time.time()
+    notify(app, ChangeType.SUSPEND, "Cust1", iat=now)
+    wait_until(lambda: _paused(gate, "Cust1"), what="paused")
+    superoffice.set_state("Cust1", "Running", valid_for=60)
+    notify(app, ChangeType.RESUME, "Cust1", iat=now - 60)  # issued before the Suspend
+    notify(app, ChangeType.BACKUP_RESTORED, "Cust1", iat=now + 1)  # a marker: applied last
+    wait_until(
+        lambda: (
+            (gate.states.store.get("Cust1") or gate.state("Cust1").record).notified_at  # type: ignore[union-attr]
+            >= now + 1
+        ),
+        what="the marker applied",
+    )
+    record = gate.states.store.get("Cust1")
+    assert record is not None and record.paused  # the late Resume changed nothing
+
+
+def test_shuffled_and_duplicated_notifications_end_as_the_state_api_says(
+    env: dict[str, str], harness: Harness, superoffice: FakeSuperOffice
+) -> None:
+    rng = random.Random(7)
+    tenants = [f"Cust{100 + i}" for i in range(20)]
+    final = {ctx: rng.choice(["Running", "Suspended", "Deleted"]) for ctx in tenants}
+    for ctx in tenants:
+        superoffice.set_state(ctx, "Running", valid_for=0.3)
+    timing = {"GATE_MIN_PAUSE": "0.5", "GATE_DELETE_TIMEOUT": "3600"}
+    app = gateapp.make_app({**env, **timing})
+    gate = gate_for(app)
+    harness.worker("threads", concurrency=4, **timing)
+    changes = [
+        ChangeType.UPGRADE,
+        ChangeType.SUSPEND,
+        ChangeType.RESUME,
+        ChangeType.DELETE,
+        ChangeType.BACKUP_RESTORED,
+    ]
+    base = time.time()
+    batch = []
+    for _ in range(500):
+        ctx = rng.choice(tenants)
+        batch.append((rng.choice(changes), ctx, base + rng.random() * 10))
+    batch += batch  # every notification twice
+    rng.shuffle(batch)
+    for ctx in tenants:
+        superoffice.set_state(ctx, final[ctx], valid_for=0.3)
+    for change, ctx, iat in batch:
+        notify(app, change, ctx, iat=iat)
+
+    def settled() -> bool:
+        for ctx in tenants:
+            record = gate.states.store.get(ctx)
+            verdict = gate.states.policy.decide(record, time.time())
+            expected = {"Running": "run", "Suspended": "hold", "Deleted": "drop"}[final[ctx]]
+            if verdict.value != expected:
+                return False
+        return True
+
+    try:
+        wait_until(settled, timeout=90, what="every tenant as the State API says")
+    except AssertionError:
+        for ctx in tenants:
+            record = gate.states.store.get(ctx)
+            print(ctx, final[ctx], gate.states.policy.decide(record, time.time()), record)
+        print(harness.workers[0].log[-5000:])
+        raise
