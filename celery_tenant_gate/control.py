@@ -14,6 +14,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from . import signals
+from .app import gate_config
 from .gate import Gate
 from .ids import compile_pattern, validate_tenant_id
 from .verdicts import Verdict
@@ -146,6 +147,31 @@ _HANDLERS: dict[int, Callable[[_Change], str]] = {
 }
 
 
+def apply_manual(gate: Gate, *, action: str, context_id: str, reason: str = "") -> str:
+    """A pause or resume by hand, sent through the control queue (see :func:`send`)."""
+    if action == "pause":
+        changed = gate.pause(context_id, reason=reason or "paused by hand", by="manual")
+        return "paused" if changed else "already paused"
+    if action == "resume":
+        return f"resumed, {gate.resume(context_id)} released"
+    raise ValueError(f"unknown control action {action!r}: expected 'pause' or 'resume'")
+
+
+def send(app: Any, action: str, context_id: str, reason: str = "") -> Any:
+    """Ask the worker cluster to pause or resume a tenant, as the webhook would.
+
+    ``send(app, "pause", "Cust12345", reason="data migration")``. Returns the
+    ``AsyncResult`` of the control task. Needs only the broker.
+    """
+    if action not in ("pause", "resume"):
+        raise ValueError(f"unknown control action {action!r}: expected 'pause' or 'resume'")
+    return app.send_task(
+        CONTROL_TASK,
+        kwargs={"action": action, "context_id": context_id, "reason": reason},
+        queue=gate_config(app).control_queue,
+    )
+
+
 def register(app: Any, gate_of: Any) -> Any:
     """Register the control task on *app* (done by ``install``)."""
 
@@ -156,7 +182,10 @@ def register(app: Any, gate_of: Any) -> Any:
         shared=False,
     )
     def control(**notification: Any) -> str:
-        outcome = apply_notification(gate_of(app), **notification)
+        if "action" in notification:
+            outcome = apply_manual(gate_of(app), **notification)
+        else:
+            outcome = apply_notification(gate_of(app), **notification)
         logger.info("tenant-gate: control %s: %s", notification.get("context_id"), outcome)
         return outcome
 

@@ -189,6 +189,28 @@ def test_a_late_notification_does_not_undo_a_newer_one(
     assert record is not None and record.paused  # the late Resume changed nothing
 
 
+def test_pause_and_resume_by_hand_through_the_workers(
+    env: dict[str, str], harness: Harness, superoffice: FakeSuperOffice
+) -> None:
+    from celery_tenant_gate.control import send
+
+    superoffice.set_state("Cust1", "Running", valid_for=60)
+    app = gateapp.make_app(env)
+    gate = gate_for(app)
+    harness.worker("solo")
+    send(app, "pause", "Cust1", reason="data migration")
+    wait_until(lambda: _paused(gate, "Cust1"), what="paused by hand")
+    record = gate.state("Cust1").record
+    assert record is not None and record.pause_reason == "data migration"
+    sent = app.tasks["gateapp.work"].delay("Cust1", 1)
+    wait_until(lambda: gate.state("Cust1").held == 1, what="held")
+    send(app, "resume", "Cust1")
+    (ran,) = harness.wait_ran(1)
+    assert ran["id"] == sent.id
+    with pytest.raises(ValueError, match="unknown control action"):
+        send(app, "explode", "Cust1")
+
+
 def test_shuffled_and_duplicated_notifications_end_as_the_state_api_says(
     env: dict[str, str], harness: Harness, superoffice: FakeSuperOffice
 ) -> None:
