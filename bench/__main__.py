@@ -7,11 +7,14 @@ import json
 import sys
 from collections.abc import Callable
 
-from . import lookup
+from . import gate_overhead, gate_scale, lookup, release
 from .results import Result
 
 BENCHMARKS: dict[str, Callable[..., list[Result]]] = {
     "lookup": lookup.run,
+    "gate_overhead": gate_overhead.run,
+    "gate_scale": gate_scale.run,
+    "release": release.run,
 }
 
 

@@ -103,8 +103,6 @@ class TenantGateStep(bootsteps.StartStopStep):  # type: ignore[misc]
     """Consumer bootstep added by :func:`celery_tenant_gate.install`."""
 
     label = "tenant-gate"
-    #: After the Tasks step, which creates the task consumer this step adds a queue to.
-    requires = ("celery.worker.consumer.tasks:Tasks",)
 
     def __init__(self, consumer: Any, **kwargs: Any) -> None:
         super().__init__(consumer, **kwargs)
@@ -113,11 +111,14 @@ class TenantGateStep(bootsteps.StartStopStep):  # type: ignore[misc]
         self.gate = gate_for(app)
         # Wrapped here, before the Tasks step builds the strategies that capture it.
         consumer.on_task_request = gated(self.gate, consumer.on_task_request)
+        # Every worker of an installed app takes control tasks, whatever its -Q. Added
+        # to the queues to consume before the task consumer is built: adding it once
+        # the consumer runs races with messages already waiting (RabbitMQ delivers
+        # them before Celery can handle them, and the worker dies).
+        app.amqp.queues.select_add(self.gate.config.control_queue)
         self.sweeper: Sweeper | None = None
 
     def start(self, consumer: Any) -> None:
-        # Every worker of an installed app takes control tasks, whatever its -Q.
-        consumer.add_task_queue(self.gate.config.control_queue)
         if self.sweeper is None:
             self.sweeper = Sweeper(self.gate, self.gate.config.sweep_interval)
             self.sweeper.start()

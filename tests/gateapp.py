@@ -43,7 +43,11 @@ def make_app(env: Mapping[str, str]) -> Celery:
         result_backend=env.get("GATE_RESULTS") or None,
     )
     if env.get("GATE_VISIBILITY"):  # Redis: redeliver a killed worker's messages soon
-        app.conf.broker_transport_options = {"visibility_timeout": float(env["GATE_VISIBILITY"])}
+        app.conf.broker_transport_options = {
+            "visibility_timeout": float(env["GATE_VISIBILITY"]),
+            # A worker killed while restoring keeps kombu's restore mutex for this long.
+            "unacked_mutex_expire": 5,
+        }
     install(app)
     results = redis.Redis.from_url(redis_url)
 

@@ -1,0 +1,93 @@
+"""What the gate costs a worker: the drain rate of tenant-scoped no-op tasks against
+the drain rate of the same number of plain ``@app.task`` no-op tasks.
+
+One ``celery worker -P solo`` subprocess (default prefetch, one queue) drains both,
+in alternating rounds (plain, gated, plain, gated, ...); each round is published in
+full while the worker is kept busy by a blocker task, then timed from the first
+body that ran to the last. Both bodies do the same one Redis RPUSH. The tenants
+(four) are running and their states pre-learnt, so no State API call is made
+(checked).
+
+N tasks of each kind (20,000; 2,000 with --quick) are drained in ROUNDS rounds of
+each kind: on a 2-core machine that runs other work too, short alternating rounds
+let both kinds see the same noise, and the median round drops the stalls.
+
+Goal (issue 3): gated drain rate >= 0.95 x plain drain rate (medians of the rounds).
+"""
+
+from __future__ import annotations
+
+import statistics
+from contextlib import ExitStack
+
+from celery_tenant_gate.testing import EmbeddedRedis, FakeSuperOffice
+
+from .results import Result
+from .workers import AMQP_URL, Namespace, amqp_reachable, running, shown
+
+GOAL = 0.95
+TENANTS = [f"Cust{i}" for i in range(1, 5)]
+
+
+def _measure(
+    label: str, broker: str, redis_url: str, state_api: str, count: int, rounds: int
+) -> Result:
+    ns = Namespace(broker, redis_url, state_api)
+    per_round = count // rounds
+    try:
+        ns.learn_running(TENANTS)
+        timeout = 60 + per_round / 50  # a drain far slower than 50 tasks/s is broken
+        rates: dict[str, list[float]] = {"plain": [], "gated": []}
+        with running(ns) as worker:
+
+            def both(into: str, n: int = 200) -> None:
+                ns.publish(ns.plain, TENANTS, n, into)
+                ns.publish(ns.gated, TENANTS, n, into)
+
+            ns.timed_drain(worker, both, 400, timeout)  # warm-up, untimed
+            kinds = [("plain", ns.plain), ("gated", ns.gated)]
+            for i in range(rounds):  # plain gated, gated plain, ...: drift hits both alike
+                for kind, task in kinds if i % 2 == 0 else kinds[::-1]:
+                    rate = ns.timed_drain(
+                        worker,
+                        lambda into, task=task: ns.publish(task, TENANTS, per_round, into),
+                        per_round,
+                        timeout,
+                    )
+                    rates[kind].append(rate)
+        by_round = "; ".join(f"{k} {' '.join(f'{r:.0f}' for r in v)}" for k, v in rates.items())
+        print(f"  gate.overhead.{label}: {rounds} x {per_round} tasks a kind; tasks/s: {by_round}")
+        if ns.stalls:
+            print(f"    stalls (s): {' '.join(f'{g:.1f}' for g in ns.stalls)}")
+    finally:
+        ns.cleanup()
+    plain, gated = statistics.median(rates["plain"]), statistics.median(rates["gated"])
+    return Result(
+        name=f"gate.overhead.{label}",
+        figure=gated,
+        unit="tasks/s",
+        baseline_name="plain @app.task drain (median round)",
+        baseline=plain,
+        ratio=gated / plain,
+        goal=f"ratio >= {GOAL}",
+        met=gated / plain >= GOAL,
+    )
+
+
+def run(redis_url: str | None = None, quick: bool = False) -> list[Result]:
+    count = 2_000 if quick else 20_000
+    rounds = 4 if quick else 10
+    results: list[Result] = []
+    with ExitStack() as stack:
+        if redis_url is None:
+            redis_url = stack.enter_context(EmbeddedRedis()).url
+        superoffice = stack.enter_context(FakeSuperOffice())
+        api = superoffice.state_api_url
+        results.append(_measure("redis", redis_url, redis_url, api, count, rounds))
+        why = amqp_reachable()
+        if why is None:
+            results.append(_measure("rabbitmq", AMQP_URL, redis_url, api, count, rounds))
+        else:
+            print(f"  gate.overhead.rabbitmq skipped: no RabbitMQ at {shown(AMQP_URL)} ({why})")
+        assert superoffice.calls() == 0, "the tenants' states must come from the store"
+    return results
