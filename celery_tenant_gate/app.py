@@ -10,7 +10,7 @@ from urllib.parse import urlsplit
 
 import redis
 
-from .config import GateConfig
+from .config import gate_config
 from .deadletters import DeadLetters
 from .errors import ConfigError
 from .gate import Gate
@@ -18,6 +18,8 @@ from .held import HeldQueues
 from .held_amqp import AmqpHeldQueues
 from .held_redis import RedisHeldQueues
 from .lookup import TenantStates
+
+__all__ = ["gate_config", "gate_for", "held_queues_for", "tenant_states"]
 
 T = TypeVar("T")
 _lock = threading.RLock()  # the makers call each other
@@ -32,11 +34,6 @@ def _cached(app: Any, attr: str, make: Callable[[], T]) -> T:
                 value = make()
                 setattr(app, attr, value)
     return value
-
-
-def gate_config(app: Any) -> GateConfig:
-    """The app's :class:`GateConfig`, read from ``app.conf`` once."""
-    return _cached(app, "_tenant_gate_config", lambda: GateConfig.from_app(app))
 
 
 def tenant_states(app: Any) -> TenantStates:

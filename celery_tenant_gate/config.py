@@ -19,6 +19,9 @@ from .verdicts import DEFAULT_VERDICTS, Verdict, VerdictPolicy
 
 PREFIX = "tenant_gate_"
 
+#: The name of the control task: the webhook sends it, every installed worker runs it.
+CONTROL_TASK = "tenant_gate.control"
+
 #: SuperOffice environments and the host of their State API.
 ENVIRONMENTS: Mapping[str, str] = {
     "sod": "sod.superoffice.com",
@@ -221,6 +224,16 @@ class GateConfig:
                 "set it to the Redis that keeps the shared tenant state"
             )
         return self.redis_url
+
+
+def gate_config(app: Any) -> GateConfig:
+    """The app's :class:`GateConfig`, read from ``app.conf`` once and cached on the app
+    (set ``app._tenant_gate_config`` to swap it in tests)."""
+    config: GateConfig | None = getattr(app, "_tenant_gate_config", None)
+    if config is None:
+        config = GateConfig.from_app(app)
+        app._tenant_gate_config = config
+    return config
 
 
 def settings_doc() -> list[tuple[str, str, str]]:

@@ -14,7 +14,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from . import signals
-from .app import gate_config
+from .config import CONTROL_TASK, gate_config
 from .gate import Gate
 from .ids import compile_pattern, validate_tenant_id
 from .verdicts import Verdict
@@ -25,8 +25,6 @@ logger = logging.getLogger(__name__)
 UPGRADE, BACKUP_RESTORED, SUSPEND, RESUME, DELETE, MOVE = range(6)
 _NAMES = ("Upgrade", "BackupRestored", "Suspend", "Resume", "Delete", "Move")
 
-#: The name the webhook sends the control task by.
-CONTROL_TASK = "tenant_gate.control"
 
 
 @dataclass(frozen=True)

@@ -41,6 +41,8 @@ def make_app(env: Mapping[str, str]) -> Celery:
         broker_connection_retry_on_startup=True,
         worker_hijack_root_logger=False,
         result_backend=env.get("GATE_RESULTS") or None,
+        tenant_gate_webhook_jwks_url=env.get("GATE_JWKS") or None,
+        tenant_gate_webhook_issuer=env.get("GATE_ISSUER") or None,
     )
     if env.get("GATE_VISIBILITY"):  # Redis: redeliver a killed worker's messages soon
         app.conf.broker_transport_options = {

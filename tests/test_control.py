@@ -5,6 +5,7 @@ from __future__ import annotations
 import enum
 import os
 import random
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -100,6 +101,51 @@ def test_upgrade_pauses_on_two_workers_and_resumes_without_a_resume_notification
     harness.wait_ids({r.id for r in held})
     assert sorted(r["n"] for r in harness.ran_now() if r["ctx"] == "Cust1") == [-1, *range(10)]
     assert not _paused(gate, "Cust1")
+
+
+@pytest.fixture
+def webhook_url(env: dict[str, str], superoffice: FakeSuperOffice) -> Iterator[str]:
+    """The app's webhook, served over real HTTP on loopback by plain WSGI."""
+    from wsgiref.simple_server import WSGIRequestHandler, make_server
+
+    from celery_tenant_gate.web.wsgi import make_wsgi_app
+
+    class Quiet(WSGIRequestHandler):
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    env.update(GATE_JWKS=superoffice.jwks_url, GATE_ISSUER=superoffice.issuer)
+    server = make_server("127.0.0.1", 0, make_wsgi_app(gateapp.make_app(env)), handler_class=Quiet)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_port}/"
+    server.shutdown()
+    thread.join(10)
+    server.server_close()
+
+
+def test_an_upgrade_posted_to_the_webhook_pauses_the_tenant_on_the_workers(
+    env: dict[str, str], harness: Harness, superoffice: FakeSuperOffice, webhook_url: str
+) -> None:
+    import requests
+
+    superoffice.set_state("Cust1", "Running", valid_for=0.3)
+    app = gateapp.make_app(env)
+    gate = gate_for(app)
+    harness.worker("solo")
+    harness.worker("threads", concurrency=2)
+    body = superoffice.notification("Cust1", int(ChangeType.UPGRADE))
+    answer = requests.post(webhook_url, json=body, timeout=10)
+    assert answer.status_code == 202
+    assert requests.post(webhook_url, json=body, timeout=10).status_code == 202  # a replay
+    wait_until(lambda: _paused(gate, "Cust1"), what="paused through the webhook")
+    paused_at = time.time()
+    superoffice.set_state("Cust1", "OfflineMaintenance", valid_for=0.3)
+    sent = [app.tasks["gateapp.work"].delay("Cust1", n) for n in range(5)]
+    wait_until(lambda: gate.state("Cust1").held == 5, what="5 held")
+    assert [r for r in harness.ran_now() if r["at"] > paused_at] == []
+    superoffice.set_state("Cust1", "Running", valid_for=60)  # no Resume notification
+    harness.wait_ids({r.id for r in sent})
 
 
 def test_delete_drops_everything_and_counts_it(

@@ -234,6 +234,26 @@ def test_chains_and_groups_carry_the_tenant(
     assert sorted(r["n"] for r in ran) == [1, 2, 10, 11, 12]
 
 
+def test_a_chord_of_a_paused_tenant_runs_whole_after_resume(
+    env: dict[str, str], harness: Harness, superoffice: FakeSuperOffice, redis_url: str
+) -> None:
+    from celery import chord
+
+    superoffice.set_state("Cust1", "Running")
+    results = {"GATE_RESULTS": redis_url}
+    app = _app({**env, **results})
+    gate = _gate(app)
+    work = app.tasks["gateapp.work"]
+    gate.pause("Cust1")
+    chord([work.si("Cust1", n) for n in (1, 2, 3)], work.si("Cust1", 99)).apply_async()
+    harness.worker("solo", **results)
+    wait_until(lambda: gate.state("Cust1").held == 3, what="the chord's header held")
+    gate.resume("Cust1")
+    ran = harness.wait_ran(4)
+    assert [r["n"] for r in ran][-1] == 99  # the body, after its whole header
+    assert sorted(r["n"] for r in ran) == [1, 2, 3, 99]
+
+
 def test_send_task_by_name_with_the_tenant_in_headers(
     env: dict[str, str], harness: Harness, superoffice: FakeSuperOffice
 ) -> None:

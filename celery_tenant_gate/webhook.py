@@ -1,0 +1,209 @@
+"""The webhook receiver, free of any web framework: a request in, a response out.
+
+The adapters in :mod:`celery_tenant_gate.web` turn a framework's request into a
+call of :meth:`WebhookReceiver.handle` and its :class:`WebhookResponse` back into
+the framework's response. What it answers:
+
+=====  ===========================================================================
+202    ``{"status": "accepted"}``: checked and queued; or ``{"status": "duplicate"}``:
+       the same notification was already queued (SuperOffice may send one twice)
+400    the body is not a notification; the answer names the field at fault
+401    the token is not a valid SuperOffice token for this tenant (the reason is
+       logged, never told)
+405    not a POST; 413 larger than ``max_body``; 415 not ``application/json``
+503    the notification could not be queued: the sender should retry
+=====  ===========================================================================
+
+Nothing is queued for any 4xx answer.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from .notification import BadNotification, Notification, parse_notification
+from .tokens import TokenRejected, TokenVerifier, token_fingerprint
+
+logger = logging.getLogger(__name__)
+
+#: Queue one checked notification (with its token's claims); raise if it could not be.
+Enqueue = Callable[[Notification, dict[str, Any]], None]
+#: True if *fingerprint* was recorded before; else record it for *ttl* seconds. Atomic.
+SeenBefore = Callable[[str, float], bool]
+#: Un-record a fingerprint (its notification could not be queued after all).
+Forget = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class WebhookResponse:
+    """What to answer: a status, a JSON body and headers (``Content-Type`` included)."""
+
+    status: int
+    body: bytes
+    headers: Mapping[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def json(
+        cls, status: int, document: Mapping[str, Any], headers: Mapping[str, str] | None = None
+    ) -> WebhookResponse:
+        body = json.dumps(document, separators=(",", ":")).encode()
+        return cls(
+            status,
+            body,
+            {
+                "Content-Type": "application/json",
+                "Content-Length": str(len(body)),
+                **(headers or {}),
+            },
+        )
+
+
+class WebhookReceiver:
+    """Checks SuperOffice state-change notifications and queues the good ones, once each.
+
+    *enqueue* queues a checked notification; when it raises, the answer is 503 so that
+    SuperOffice retries. *seen_before* remembers which notifications were queued
+    already (for as long as their token is valid), and *forget* un-records one whose
+    queuing failed, so that the retry is not taken for a duplicate (give it: without
+    it, such a retry is answered as a duplicate and lost). Build one for a Celery app
+    with :func:`celery_tenant_gate.webhook_app.receiver_for`::
+
+        receiver = WebhookReceiver(verifier, enqueue, seen_before, forget=forget)
+        response = receiver.handle("POST", "application/json", body, len(body))
+    """
+
+    def __init__(
+        self,
+        verifier: TokenVerifier,
+        enqueue: Enqueue,
+        seen_before: SeenBefore,
+        *,
+        forget: Forget | None = None,
+        max_body: int = 65_536,
+        pattern: re.Pattern[str] | None = None,
+    ) -> None:
+        self.verifier = verifier
+        self.enqueue = enqueue
+        self.seen_before = seen_before
+        self.forget = forget
+        #: Largest body accepted, in bytes; adapters read at most one byte more.
+        self.max_body = max_body
+        self.pattern = pattern
+
+    def handle(
+        self,
+        method: str,
+        content_type: str | None,
+        body: bytes | None,
+        content_length: int | None,
+    ) -> WebhookResponse:
+        """Answer one request. *body* may be ``None`` when it was not read (not a POST)."""
+        if method.upper() != "POST":
+            return _error(405, "only POST is allowed", headers={"Allow": "POST"})
+        if (content_length is not None and content_length > self.max_body) or (
+            body is not None and len(body) > self.max_body
+        ):
+            return _error(413, f"the body is larger than {self.max_body} bytes")
+        if not _is_json(content_type):
+            return _error(415, "the body must be application/json")
+        try:
+            notification = parse_notification(body or b"", pattern=self.pattern)
+        except BadNotification as exc:
+            return _error(exc.status, exc.message, field=exc.field)
+        try:
+            if not notification.token:
+                raise TokenRejected("the notification carries no token")
+            claims = self.verifier.verify(notification.token, notification.context_id)
+        except TokenRejected as exc:
+            logger.warning(
+                "tenant-gate: refused a %s notification for %s: %s",
+                notification.change_type.name,
+                notification.context_id,
+                exc.reason,
+            )
+            return _error(
+                401, "invalid token", headers={"WWW-Authenticate": 'Bearer error="invalid_token"'}
+            )
+        return self._queue_once(notification, claims)
+
+    def _queue_once(self, notification: Notification, claims: dict[str, Any]) -> WebhookResponse:
+        # The token and the fields together: a token SuperOffice reuses for several
+        # notifications must not make the later ones look like replays.
+        fingerprint = token_fingerprint(
+            notification.token,
+            str(int(notification.change_type)),
+            notification.context_id,
+            notification.public_endpoint,
+            notification.version_name,
+            notification.file_version,
+        )
+        ctx = notification.context_id
+        try:
+            # Recorded before queuing, so that two copies arriving at once are queued
+            # once; undone below if queuing fails.
+            if self.seen_before(fingerprint, self.verifier.ttl(claims)):
+                logger.info("tenant-gate: duplicate notification for %s; ignored", ctx)
+                return WebhookResponse.json(202, {"status": "duplicate"})
+        except Exception:
+            logger.exception("tenant-gate: could not check notification for %s for replay", ctx)
+            return _unavailable()
+        try:
+            self.enqueue(notification, claims)
+        except Exception:
+            logger.exception("tenant-gate: could not queue notification for %s", ctx)
+            self._forget(fingerprint, ctx)
+            return _unavailable()
+        logger.info(
+            "tenant-gate: queued a %s notification for %s", notification.change_type.name, ctx
+        )
+        return WebhookResponse.json(202, {"status": "accepted"})
+
+    def _forget(self, fingerprint: str, ctx: str) -> None:
+        if self.forget is None:
+            return
+        try:
+            self.forget(fingerprint)
+        except Exception:
+            logger.exception(
+                "tenant-gate: could not un-record a notification for %s; "
+                "its retry will be taken for a duplicate",
+                ctx,
+            )
+
+
+def _is_json(content_type: str | None) -> bool:
+    if not content_type:
+        return False
+    media_type, _, parameters = content_type.partition(";")
+    if media_type.strip().lower() != "application/json":
+        return False
+    for parameter in filter(None, (p.strip() for p in parameters.split(";"))):
+        name, _, value = parameter.partition("=")
+        # JSON is UTF-8 (RFC 8259): a charset parameter may only say so.
+        if name.strip().lower() != "charset" or value.strip().strip('"').lower() != "utf-8":
+            return False
+    return True
+
+
+def _error(
+    status: int,
+    message: str,
+    *,
+    field: str | None = None,
+    headers: Mapping[str, str] | None = None,
+) -> WebhookResponse:
+    document: dict[str, Any] = {"error": message}
+    if field is not None:
+        document["field"] = field
+    return WebhookResponse.json(status, document, headers)
+
+
+def _unavailable() -> WebhookResponse:
+    return _error(
+        503, "the notification could not be queued; retry later", headers={"Retry-After": "5"}
+    )
