@@ -385,3 +385,40 @@ def test_missing_or_empty_queues_release_and_drain_nothing(
     assert batches == []
     assert broker.ready(missing) is None
     assert broker.ready(empty) == 0
+
+
+_RELEASE_IN_A_CHILD = """
+import sys
+from kombu.connection import Connection
+from celery_tenant_gate.held_amqp import AmqpHeldQueues
+url, queue = sys.argv[1], sys.argv[2]
+AmqpHeldQueues(lambda: Connection(url)).release(queue, marker="doomed", batch=100)
+"""
+
+
+def test_kill_9_during_a_release_loses_nothing(
+    broker: Broker, held: AmqpHeldQueues, amqp_url: str
+) -> None:
+    import signal
+    import subprocess
+    import sys
+
+    tenant = broker.declare("tenant.Killed")
+    target = broker.declare("target")
+    for i in range(3_000):
+        broker.hold(tenant, i, ("", target))
+    broker.settle()
+    child = subprocess.Popen([sys.executable, "-c", _RELEASE_IN_A_CHILD, amqp_url, tenant])
+    try:
+        deadline = time.monotonic() + 60
+        while (broker.ready(target) or 0) < 500 and child.poll() is None:
+            assert time.monotonic() < deadline, "the release never started"
+            time.sleep(0.005)  # a queue length: nothing announces it
+        child.send_signal(signal.SIGKILL)  # in the middle of the release
+    finally:
+        child.wait(10)
+    # The broker requeues what the dead release had taken but not acknowledged.
+    held.release(tenant, marker="again")
+    ids = [m.headers["id"] for m in broker.take(target)]
+    assert set(ids) == {f"task-{i}" for i in range(3_000)}  # nothing lost
+    print(f"kill -9 during a release: 0 lost, {len(ids) - 3_000} duplicate(s)")
