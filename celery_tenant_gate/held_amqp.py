@@ -275,10 +275,11 @@ class AmqpHeldQueues:
         The destination is the exchange and routing key in the message's
         ``tenant_gate_route`` header (the default exchange and *default_queue* if it
         has none). The copy has the same body, content type, encoding, properties and
-        headers, plus the header ``tenant_gate_released`` = *marker*. Only the messages
-        there when the call starts are moved: one that arrives meanwhile (a task held
-        again at once, because its tenant still does not run) waits for the next
-        release, so a release always ends. 0 for a queue that does not exist.
+        headers, plus the header ``tenant_gate_released`` = *marker* (give each release
+        its own). It moves until the queue is empty or a message it moved itself comes
+        back (a task held again at once, because its tenant still does not run): that
+        one and those after it wait for the next release, so a release always ends.
+        0 for a queue that does not exist.
 
         Raises :class:`HeldReleaseError` if a message's route leads to no queue (or
         to a missing exchange). The release stops at the end of that batch: such
@@ -288,13 +289,12 @@ class AmqpHeldQueues:
         if batch < 1:
             raise ValueError(f"batch must be at least 1, not {batch}")
         with self._connection() as connection:
-            waiting = self._ready(connection, queue)
-            if not waiting:
+            if not self._ready(connection, queue):
                 return 0
             consumer = _Consumer(connection, queue, prefetch=2 * batch)
             try:
                 return self._release(
-                    connection, consumer, queue=queue, marker=marker, batch=batch, limit=waiting
+                    connection, consumer, queue=queue, marker=marker, batch=batch
                 )
             finally:
                 _close_channel(consumer.channel)
@@ -307,19 +307,13 @@ class AmqpHeldQueues:
         queue: str,
         marker: str,
         batch: int,
-        limit: int,
     ) -> int:
         channel = consumer.channel
         confirms = _Confirms(channel)
         known_exchanges = {""}
         moved = 0
-        while True:
-            if moved >= limit:
-                # Deliveries buffered past the limit were never acked: they go back
-                # to the tenant queue, in place, when the channel closes.
-                consumer.stop()
-                return moved
-            batch = min(batch, limit - moved)
+        came_back = False
+        while not came_back:
             consumer.fill(batch, self.idle_wait)
             if not consumer.buffer:
                 if consumer.cancelled or not self._ready(connection, queue):
@@ -333,6 +327,12 @@ class AmqpHeldQueues:
                 # The copy is built from the raw properties, so none can be left out.
                 properties = dict(raw.properties or {})
                 headers = dict(properties.get("application_headers") or {})
+                if headers.get(RELEASED_HEADER) == marker:
+                    # One this release moved, held again at once (its tenant still
+                    # does not run): the release has gone round; stop, so that it
+                    # ends. It and what follows stay held, in order.
+                    came_back = True
+                    break
                 exchange, routing_key = self._route(headers)
                 if exchange not in known_exchanges:
                     # Publishing to a missing exchange would close the channel.
@@ -353,6 +353,10 @@ class AmqpHeldQueues:
                 # What was not acked goes back to the tenant queue, in place, when the
                 # channel closes.
                 raise HeldReleaseError(queue, moved, sorted(set(failed + unroutable)))
+        # Deliveries not acknowledged go back to the tenant queue, in place, when the
+        # channel closes.
+        consumer.stop()
+        return moved
 
     def _settle(
         self, channel: Any, confirms: _Confirms, sent: list[_Sent]
