@@ -44,15 +44,21 @@ class LocalCache(Generic[V]):
         return self._epoch, self._generations.get(context_id, 0)
 
     def put(self, context_id: str, token: tuple[int, int], expires: float, value: V) -> bool:
-        if not self.enabled or token != self.token(context_id):
-            return False
+        # Checked and stored under the lock invalidate() takes: else a change announced
+        # between the check and the store would be lost until the entry expires.
+        with self.changed:
+            if not self.enabled or token != self.token(context_id):
+                return False
+            self._store(context_id, expires, value)
+            return True
+
+    def _store(self, context_id: str, expires: float, value: V) -> None:
         entries = self.entries
         if len(entries) >= self.max_size and context_id not in entries:
             # Oldest first: dicts keep insertion order.
             for key in list(entries)[: max(1, self.max_size // 10)]:
                 entries.pop(key, None)
         entries[context_id] = (expires, value)
-        return True
 
     def invalidate(self, context_id: str) -> None:
         with self.changed:

@@ -105,6 +105,12 @@ class GateConfig:
         "Seconds between sweeps (one worker at a time) that resume tenants whose state "
         "runs again and release or drop what waits in their queues.",
     )
+    held_forget_after: float = _setting(
+        7200.0,
+        "Seconds a tenant queue must stay empty after its last hold or release before "
+        "sweeps stop looking at it; longer than the broker's visibility timeout, so that "
+        "released tasks a broker puts back are found and released again.",
+    )
     dead_letter_max: int = _setting(
         10_000, "Most dropped tasks kept per tenant (the count is kept in full)."
     )
@@ -390,4 +396,5 @@ _PARSERS: dict[str, Callable[[str, Any], Any]] = {
     "queue_template": _queue_template,
     "sweep_interval": _positive,
     "dead_letter_max": _count,
+    "held_forget_after": _positive,
 }

@@ -80,6 +80,9 @@ class Gate:
         verdict = self.states.verdict(ctx)
         if verdict is Verdict.HOLD:
             queue = self.queue_for(ctx)
+            # Noted before publishing: if Redis cannot take it, nothing is published
+            # and the message is requeued, rather than held where no sweep looks.
+            self.states.store.mark_held(ctx, self._clock())
             hold_message(self.app, message, queue)
             self._after_hold(ctx, queue, message.headers)
         elif verdict is Verdict.DROP:
@@ -100,6 +103,7 @@ class Gate:
         verdict = self.states.verdict(ctx)
         if verdict is Verdict.HOLD:
             queue = self.queue_for(ctx)
+            self.states.store.mark_held(ctx, self._clock())
             hold_request(task, queue, ctx)
             self._after_hold(ctx, queue, {"id": task.request.id, "task": task.name})
         elif verdict is Verdict.DROP:
@@ -124,7 +128,6 @@ class Gate:
             logger.exception("tenant-gate: held a task of %s but could not note it", ctx)
 
     def _note_hold(self, ctx: str, queue: str, headers: Any) -> None:
-        self.states.store.mark_held(ctx, self._clock())
         record = self.states.record(ctx)
         reason = _why(record)
         paused_now = record is None or not record.paused
@@ -185,7 +188,9 @@ class Gate:
         hold, the gate holds its tasks again (and pauses it, by ``gate``).
         """
         ctx = validate_tenant_id(context_id, self._pattern)
-        self.states.store.set_fields(ctx, {"resume_not_before": "0", "delete_after": "0"})
+        self.states.store.set_fields(
+            ctx, {"resume_not_before": "0", "delete_after": "0", "deleted": "0"}
+        )
         self.states.set_paused(ctx, False, reason="")
         released = self.release(ctx)
         logger.info("tenant-gate: resumed %s, %d held task(s) released", ctx, released)
@@ -198,8 +203,10 @@ class Gate:
         queue = self.queue_for(ctx)
         with self._moving(ctx):
             moved = self.held_queues.release(queue, marker=uuid.uuid4().hex)
-            if self.held_queues.count(queue) == 0:
-                self.states.store.unmark_held(ctx)
+            # Kept in the held set for a while: a released message that the broker
+            # requeues (a worker restarted or killed before acking it) goes back to
+            # the tenant queue, and the sweep must find it there.
+            self.states.store.mark_held(ctx, self._clock())
         return moved
 
     def purge(self, context_id: str, reason: str = "purged by hand") -> int:
@@ -221,7 +228,6 @@ class Gate:
 
         with self._moving(ctx):
             dropped = self.held_queues.drain(queue, keep)
-            self.states.store.unmark_held(ctx)
         if dropped:
             logger.warning("tenant-gate: dropped %d held task(s) of %s: %s", dropped, ctx, reason)
         return dropped
@@ -255,7 +261,8 @@ class Gate:
         as their tenant resumed). Returns what it did, per tenant."""
         done: dict[str, str] = {}
         store = self.states.store
-        for ctx in sorted(set(store.paused()) | set(store.held_tenants())):
+        held = store.held_tenants()
+        for ctx in sorted(set(store.paused()) | set(held)):
             try:
                 what = self._sweep_one(ctx)
             except Exception:
@@ -263,7 +270,15 @@ class Gate:
                 continue
             if what:
                 done[ctx] = what
+        self._forget_idle(held)
         return done
+
+    def _forget_idle(self, held: dict[str, float]) -> None:
+        """Stop sweeping tenant queues that stayed empty past the forget time."""
+        cutoff = self._clock() - self.config.held_forget_after
+        for ctx, last in held.items():
+            if last < cutoff and self.held_queues.count(self.queue_for(ctx)) == 0:
+                self.states.store.unmark_held(ctx)
 
     def _sweep_one(self, ctx: str) -> str:
         record = self.states.record(ctx)  # asks the State API when its answer is due
@@ -288,6 +303,8 @@ class Gate:
         if verdict is Verdict.RUN:
             if record.paused:
                 return f"resumed, {self.resume(ctx)} released"
+            if self.held_queues.count(self.queue_for(ctx)) == 0:
+                return ""
             return _say("released stragglers:", self.release(ctx))
         if verdict is Verdict.DROP:
             if record.paused or record.delete_after:

@@ -49,6 +49,11 @@ return all
 _SET_PAUSED = """
 local was = redis.call('HGET', KEYS[1], 'paused') == '1'
 local now = ARGV[1] == '1'
+if was and now and redis.call('HGET', KEYS[1], 'paused_by') == 'manual' and ARGV[6] ~= 'manual' then
+    -- A pause by hand lasts until a resume by hand: another pause does not turn it
+    -- into one that ends by itself.
+    return 0
+end
 redis.call('HSET', KEYS[1], 'paused', ARGV[1], 'pause_reason', ARGV[2], 'paused_at', ARGV[3],
            'paused_by', ARGV[6])
 redis.call('HINCRBY', KEYS[1], 'version', 1)
@@ -191,9 +196,10 @@ class StateStore:
     def unmark_held(self, context_id: str) -> None:
         self.client.zrem(self.held_key, context_id)
 
-    def held_tenants(self) -> list[str]:
-        items: list[Any] = self.client.zrange(self.held_key, 0, -1)
-        return [_text(item) for item in items]
+    def held_tenants(self) -> dict[str, float]:
+        """Tenants whose queue may hold messages, with when it was last held or released."""
+        items: list[Any] = self.client.zrange(self.held_key, 0, -1, withscores=True)
+        return {_text(member): float(score) for member, score in items}
 
     def paused(self) -> dict[str, float]:
         """Every paused tenant, with the time it was paused."""

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from celery import Task, current_app
-from celery.exceptions import Ignore
+from celery.exceptions import Ignore, Reject
 
 from .app import gate_config, gate_for, tenant_states
 from .carrier import (
@@ -112,7 +112,13 @@ class TenantTask(Task):  # type: ignore[misc]
         was handed to the pool before its tenant paused is held (or dropped) here."""
         if getattr(self.request, "is_eager", False):
             return
-        verdict = gate_for(self.app).recheck(self)
+        try:
+            verdict = gate_for(self.app).recheck(self)
+        except Exception as exc:
+            if self.acks_late:
+                # Back to the broker rather than a failure that acks and loses it.
+                raise Reject(f"tenant-gate: re-check failed: {exc!r}", requeue=True) from exc
+            raise
         if verdict is not Verdict.RUN:
             raise Ignore(f"tenant-gate: {verdict.value}")
 

@@ -39,6 +39,8 @@ def gated(gate: Gate, on_task_request: Callable[[Any], Any]) -> Callable[[Any], 
         task = request.task
         if not getattr(task, "tenant_scoped", False):
             return on_task_request(request)
+        if request.revoked():  # revoked or expired: Celery acks and records it; never hold
+            return None
         message = request.message
         try:
             verdict = gate.screen(message, task, request.args, request.kwargs)

@@ -152,3 +152,13 @@ def test_garbage_in_a_record_never_crashes_a_reader(
     assert record is not None and record.state is not None
     assert record.state.state is State.UNRECOGNISED
     assert record.fresh_until == 0.0
+
+
+def test_a_pause_by_hand_is_not_turned_into_one_that_ends_by_itself(store: StateStore) -> None:
+    store.set_paused("Cust1", True, reason="migration", at=1.0, by="manual")
+    assert not store.set_paused("Cust1", True, reason="Upgrade notification", at=2.0, by="webhook")
+    record = store.get("Cust1")
+    assert record is not None
+    assert (record.paused_by, record.pause_reason) == ("manual", "migration")
+    assert not record.resumes_by_itself
+    assert store.set_paused("Cust1", False, reason="", at=3.0, by="manual")
