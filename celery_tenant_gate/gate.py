@@ -19,7 +19,7 @@ from .config import GateConfig
 from .deadletters import INVALID_TENANT, DeadLetter, DeadLetters
 from .errors import InvalidTenantId
 from .held import HeldMessage, HeldQueues
-from .holding import hold_message, hold_request
+from .holding import ConfirmedProducers, hold_message, hold_request
 from .ids import compile_pattern, validate_tenant_id
 from .lookup import TenantStates
 from .record import TenantRecord
@@ -60,6 +60,12 @@ class Gate:
         self.dead = dead
         self._clock = clock
         self._pattern = compile_pattern(config.tenant_id_pattern)
+        # RabbitMQ: holds are confirmed by the broker before the original is acked.
+        # (Redis answers every LPUSH: nothing to confirm.)
+        transport = app.connection_for_write().transport_cls
+        self._confirmed = (
+            ConfirmedProducers(app) if transport in {"amqp", "amqps", "pyamqp"} else None
+        )
 
     def queue_for(self, context_id: str) -> str:
         return self.config.queue_template.format(ctx=context_id)
@@ -83,7 +89,7 @@ class Gate:
             # Noted before publishing: if Redis cannot take it, nothing is published
             # and the message is requeued, rather than held where no sweep looks.
             self.states.store.mark_held(ctx, self._clock())
-            hold_message(self.app, message, queue)
+            hold_message(self.app, message, queue, self._confirmed)
             self._after_hold(ctx, queue, message.headers)
         elif verdict is Verdict.DROP:
             self._drop(ctx, _raw_of(message))

@@ -12,9 +12,14 @@ counting a retry.
 
 from __future__ import annotations
 
+import os
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from kombu.entity import Exchange, Queue
+from kombu.messaging import Producer
 
 from .carrier import HEADER, HELD_COUNT_HEADER, ROUTE_HEADER
 
@@ -52,10 +57,41 @@ def restore_route(headers: dict[str, Any] | None, delivery_info: dict[str, Any])
         delivery_info["routing_key"] = route.get("routing_key", "")
 
 
-def hold_message(app: Any, message: Any, queue: str) -> None:
-    """Re-publish a received kombu message to the tenant queue *queue*."""
+class ConfirmedProducers:
+    """Producers on their own broker connection with publisher confirms (RabbitMQ):
+    a hold's copy is confirmed by the broker before the original is acknowledged.
+
+    One connection per process (re-made after a fork), shared under a lock: holds
+    are rare next to runs, and the consumer and the ETA timer may hold at once.
+    """
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        self._lock = threading.Lock()
+        self._producer: Any = None
+        self._pid = 0
+
+    @contextmanager
+    def acquire(self) -> Iterator[Any]:
+        with self._lock:
+            if self._producer is None or self._pid != os.getpid():
+                connection = self.app.connection_for_write(
+                    transport_options={"confirm_publish": True}
+                )
+                self._producer = Producer(connection)  # type: ignore[no-untyped-call]
+                self._pid = os.getpid()
+            yield self._producer
+
+
+def hold_message(app: Any, message: Any, queue: str, producers: Any = None) -> None:
+    """Re-publish a received kombu message to the tenant queue *queue* (with
+    *producers*, a :class:`ConfirmedProducers`, when given; else the app's pool)."""
     props = message.properties or {}
-    with app.producer_pool.acquire(block=True, timeout=10) as producer:
+    if producers is not None:
+        acquire = producers.acquire()
+    else:
+        acquire = app.producer_pool.acquire(block=True, timeout=10)
+    with acquire as producer:
         producer.publish(
             message.body,
             exchange="",
