@@ -7,7 +7,7 @@ import json
 import sys
 from collections.abc import Callable
 
-from . import gate_overhead, gate_scale, lookup, release
+from . import gate_overhead, gate_scale, lookup, release, webhook
 from .results import Result
 
 BENCHMARKS: dict[str, Callable[..., list[Result]]] = {
@@ -15,6 +15,7 @@ BENCHMARKS: dict[str, Callable[..., list[Result]]] = {
     "gate_overhead": gate_overhead.run,
     "gate_scale": gate_scale.run,
     "release": release.run,
+    "webhook": webhook.run,
 }
 
 

@@ -49,6 +49,10 @@ def make_app(env: Mapping[str, str]) -> Celery:
             "visibility_timeout": float(env["GATE_VISIBILITY"]),
             # A worker killed while restoring keeps kombu's restore mutex for this long.
             "unacked_mutex_expire": 5,
+            # kombu looks for messages to restore every 10 s and restores on every
+            # 10th look (100 s): every second here, so that the test is bounded.
+            "unacked_restore_interval": 1,
+            "unacked_restore_throttle": 1,
         }
     install(app)
     results = redis.Redis.from_url(redis_url)
