@@ -17,14 +17,10 @@ from . import signals
 from .config import CONTROL_TASK, gate_config
 from .gate import Gate
 from .ids import compile_pattern, validate_tenant_id
+from .notification import ChangeType
 from .verdicts import Verdict
 
 logger = logging.getLogger(__name__)
-
-#: SuperOffice's ChangeType values (see ``notification.ChangeType``).
-UPGRADE, BACKUP_RESTORED, SUSPEND, RESUME, DELETE, MOVE = range(6)
-_NAMES = ("Upgrade", "BackupRestored", "Suspend", "Resume", "Delete", "Move")
-
 
 
 @dataclass(frozen=True)
@@ -51,13 +47,13 @@ def apply_notification(
 ) -> str:
     """Act on one notification; returns what was done, in a few words."""
     ctx = validate_tenant_id(context_id, compile_pattern(gate.config.tenant_id_pattern))
-    if isinstance(change_type, bool) or change_type not in range(6):
+    if isinstance(change_type, bool) or change_type not in set(ChangeType):
         raise ValueError(f"unknown ChangeType {change_type!r}")
     now = time.time()
     change = _Change(
         gate,
         ctx,
-        _NAMES[change_type],
+        ChangeType(change_type).name,
         now,
         token_iat or received_at or now,
         public_endpoint,
@@ -136,12 +132,12 @@ def _backup_restored(change: _Change) -> str:
 
 
 _HANDLERS: dict[int, Callable[[_Change], str]] = {
-    UPGRADE: _pause,
-    BACKUP_RESTORED: _backup_restored,
-    SUSPEND: _pause,
-    RESUME: _resume,
-    DELETE: _delete,
-    MOVE: _move,
+    ChangeType.Upgrade: _pause,
+    ChangeType.BackupRestored: _backup_restored,
+    ChangeType.Suspend: _pause,
+    ChangeType.Resume: _resume,
+    ChangeType.Delete: _delete,
+    ChangeType.Move: _move,
 }
 
 

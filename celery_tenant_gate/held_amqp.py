@@ -293,9 +293,7 @@ class AmqpHeldQueues:
                 return 0
             consumer = _Consumer(connection, queue, prefetch=2 * batch)
             try:
-                return self._release(
-                    connection, consumer, queue=queue, marker=marker, batch=batch
-                )
+                return self._release(connection, consumer, queue=queue, marker=marker, batch=batch)
             finally:
                 _close_channel(consumer.channel)
 

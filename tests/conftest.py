@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import redis
@@ -105,3 +106,26 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
             f"CI is set and {len(skipped)} test(s) were skipped: failing the run", red=True
         )
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+@pytest.fixture
+def harness(env: dict[str, str], redis_url: str, redis_client: redis.Redis) -> Iterator[Any]:
+    """Real workers for a test (its `env` fixture says which broker); cleans up after."""
+    from kombu.connection import Connection
+    from workers import Harness
+
+    harness = Harness(env, redis_url)
+    yield harness
+    harness.stop()
+    prefix = env["GATE_PREFIX"]
+    for key in redis_client.scan_iter(match=f"_kombu.binding.{prefix}*", count=1000):
+        redis_client.delete(key)
+    if env["GATE_BROKER"].startswith("amqp"):
+        with Connection(env["GATE_BROKER"]) as conn:
+            channel = conn.default_channel
+            for ctx in ("Cust1", "Cust2", "Cust3", "Cust4"):
+                for name in (f"{prefix}:q.work", f"{prefix}:q.tenant.{ctx}"):
+                    try:
+                        channel.queue_delete(name)
+                    except Exception:
+                        channel = conn.channel()

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import enum
-import os
 import random
 import threading
 import time
@@ -12,47 +10,20 @@ from typing import Any
 
 import gateapp
 import pytest
-import redis
-from workers import Harness, wait_until
+from workers import Harness, wait_until, worker_env
 
 from celery_tenant_gate import gate_for
 from celery_tenant_gate.control import CONTROL_TASK
 from celery_tenant_gate.gate import Gate
+from celery_tenant_gate.notification import ChangeType
 from celery_tenant_gate.testing import FakeSuperOffice
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
 
 
-class ChangeType(enum.IntEnum):
-    UPGRADE = 0
-    BACKUP_RESTORED = 1
-    SUSPEND = 2
-    RESUME = 3
-    DELETE = 4
-    MOVE = 5
-
-
 @pytest.fixture
 def env(redis_url: str, key_prefix: str, superoffice: FakeSuperOffice) -> dict[str, str]:
-    return {
-        **os.environ,
-        "GATE_BROKER": redis_url,
-        "GATE_REDIS": redis_url,
-        "GATE_PREFIX": key_prefix,
-        "GATE_STATE_API": superoffice.state_api_url,
-        "GATE_MIN_TTL": "0.3",
-        "GATE_SWEEP": "0.2",
-        "GATE_MIN_PAUSE": "1",
-    }
-
-
-@pytest.fixture
-def harness(env: dict[str, str], redis_url: str, redis_client: redis.Redis) -> Iterator[Harness]:
-    harness = Harness(env, redis_url)
-    yield harness
-    harness.stop()
-    for key in redis_client.scan_iter(match=f"_kombu.binding.{env['GATE_PREFIX']}*"):
-        redis_client.delete(key)
+    return {**worker_env(redis_url, redis_url, key_prefix, superoffice), "GATE_MIN_PAUSE": "1"}
 
 
 def notify(app: Any, change: ChangeType, ctx: str, **extra: Any) -> None:
@@ -88,7 +59,7 @@ def test_upgrade_pauses_on_two_workers_and_resumes_without_a_resume_notification
     work.delay("Cust1", -1)
     harness.wait_ran(1)
 
-    notify(app, ChangeType.UPGRADE, "Cust1", version_name="Release 10.3.8")
+    notify(app, ChangeType.Upgrade, "Cust1", version_name="Release 10.3.8")
     wait_until(lambda: _paused(gate, "Cust1"), what="paused by the notification")
     paused_at = time.time()
     superoffice.set_state("Cust1", "OfflineMaintenance", valid_for=0.3)
@@ -134,7 +105,7 @@ def test_an_upgrade_posted_to_the_webhook_pauses_the_tenant_on_the_workers(
     gate = gate_for(app)
     harness.worker("solo")
     harness.worker("threads", concurrency=2)
-    body = superoffice.notification("Cust1", int(ChangeType.UPGRADE))
+    body = superoffice.notification("Cust1", int(ChangeType.Upgrade))
     answer = requests.post(webhook_url, json=body, timeout=10)
     assert answer.status_code == 202
     assert requests.post(webhook_url, json=body, timeout=10).status_code == 202  # a replay
@@ -161,7 +132,7 @@ def test_delete_drops_everything_and_counts_it(
     harness.worker("solo")
     wait_until(lambda: gate.state("Cust3").held == 5, what="5 held")
     superoffice.set_state("Cust3", "Deleted", valid_for=60)
-    notify(app, ChangeType.DELETE, "Cust3")
+    notify(app, ChangeType.Delete, "Cust3")
     wait_until(lambda: gate.dead.count("Cust3") == 5, what="the held 5 dropped")
     for n in range(5, 8):
         work.delay("Cust3", n)
@@ -178,7 +149,7 @@ def test_an_unconfirmed_delete_drops_after_the_timeout(
     gate = gate_for(app)
     harness.worker("solo")
     superoffice.forget("Cust3")  # 404 from now on: never Deleted, never Running
-    notify(app, ChangeType.DELETE, "Cust3")
+    notify(app, ChangeType.Delete, "Cust3")
     wait_until(lambda: _paused(gate, "Cust3"), what="paused")
     app.tasks["gateapp.work"].delay("Cust3", 1)
     wait_until(lambda: gate.dead.count("Cust3") == 1, what="dropped after the timeout")
@@ -198,7 +169,7 @@ def test_move_switches_the_endpoint_for_the_next_task(
     work.delay("Cust4", 1)
     (first,) = harness.wait_ran(1)
     assert first["api"] == "https://online1.superoffice.com/Cust4/api"
-    notify(app, ChangeType.MOVE, "Cust4", public_endpoint="online7.superoffice.com")
+    notify(app, ChangeType.Move, "Cust4", public_endpoint="online7.superoffice.com")
     wait_until(
         lambda: (
             (gate.states.store.get("Cust4") or gate.state("Cust4").record).state.api  # type: ignore[union-attr]
@@ -219,11 +190,11 @@ def test_a_late_notification_does_not_undo_a_newer_one(
     gate = gate_for(app)
     harness.worker("solo")
     now = time.time()
-    notify(app, ChangeType.SUSPEND, "Cust1", iat=now)
+    notify(app, ChangeType.Suspend, "Cust1", iat=now)
     wait_until(lambda: _paused(gate, "Cust1"), what="paused")
     superoffice.set_state("Cust1", "Running", valid_for=60)
-    notify(app, ChangeType.RESUME, "Cust1", iat=now - 60)  # issued before the Suspend
-    notify(app, ChangeType.BACKUP_RESTORED, "Cust1", iat=now + 1)  # a marker: applied last
+    notify(app, ChangeType.Resume, "Cust1", iat=now - 60)  # issued before the Suspend
+    notify(app, ChangeType.BackupRestored, "Cust1", iat=now + 1)  # a marker: applied last
     wait_until(
         lambda: (
             (gate.states.store.get("Cust1") or gate.state("Cust1").record).notified_at  # type: ignore[union-attr]
@@ -270,11 +241,11 @@ def test_shuffled_and_duplicated_notifications_end_as_the_state_api_says(
     gate = gate_for(app)
     harness.worker("threads", concurrency=4, **timing)
     changes = [
-        ChangeType.UPGRADE,
-        ChangeType.SUSPEND,
-        ChangeType.RESUME,
-        ChangeType.DELETE,
-        ChangeType.BACKUP_RESTORED,
+        ChangeType.Upgrade,
+        ChangeType.Suspend,
+        ChangeType.Resume,
+        ChangeType.Delete,
+        ChangeType.BackupRestored,
     ]
     base = time.time()
     batch = []

@@ -5,16 +5,13 @@ Bodies are counted in a Redis list, so "0 bodies ran" is measured, not assumed.
 
 from __future__ import annotations
 
-import os
-from collections.abc import Iterator
 from typing import Any
 
 import gateapp
 import pytest
 import redis
 from celery import chain, group
-from kombu.connection import Connection
-from workers import Harness, wait_until
+from workers import Harness, wait_until, worker_env
 
 from celery_tenant_gate import InvalidTenantId
 from celery_tenant_gate.deadletters import INVALID_TENANT
@@ -35,34 +32,7 @@ def broker(request: pytest.FixtureRequest, redis_url: str) -> str:
 def env(
     broker: str, redis_url: str, key_prefix: str, superoffice: FakeSuperOffice
 ) -> dict[str, str]:
-    return {
-        **os.environ,
-        "GATE_BROKER": broker,
-        "GATE_REDIS": redis_url,
-        "GATE_PREFIX": key_prefix,
-        "GATE_STATE_API": superoffice.state_api_url,
-        "GATE_MIN_TTL": "0.3",
-        "GATE_SWEEP": "0.2",
-    }
-
-
-@pytest.fixture
-def harness(env: dict[str, str], redis_url: str, redis_client: redis.Redis) -> Iterator[Harness]:
-    harness = Harness(env, redis_url)
-    yield harness
-    harness.stop()
-    prefix = env["GATE_PREFIX"]
-    for key in redis_client.scan_iter(match=f"_kombu.binding.{prefix}*", count=1000):
-        redis_client.delete(key)
-    if env["GATE_BROKER"].startswith("amqp"):
-        with Connection(env["GATE_BROKER"]) as conn:
-            channel = conn.default_channel
-            for ctx in ("Cust1", "Cust2", "Cust3", "Cust4"):
-                for name in (f"{prefix}:q.work", f"{prefix}:q.tenant.{ctx}"):
-                    try:
-                        channel.queue_delete(name)
-                    except Exception:
-                        channel = conn.channel()
+    return worker_env(broker, redis_url, key_prefix, superoffice)
 
 
 def _app(env: dict[str, str]) -> Any:

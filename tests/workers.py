@@ -9,8 +9,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -140,6 +138,19 @@ class Harness:
             worker.stop()
 
 
+def worker_env(broker: str, redis_url: str, prefix: str, superoffice: Any) -> dict[str, str]:
+    """The environment `gateapp` reads, for a test's workers and its own app."""
+    return {
+        **os.environ,
+        "GATE_BROKER": broker,
+        "GATE_REDIS": redis_url,
+        "GATE_PREFIX": prefix,
+        "GATE_STATE_API": superoffice.state_api_url,
+        "GATE_MIN_TTL": "0.3",
+        "GATE_SWEEP": "0.2",
+    }
+
+
 def wait_until(condition: Any, timeout: float = 30, what: str = "condition") -> None:
     """Poll *condition* (a broker queue length, which nothing announces) with a bound."""
     deadline = time.monotonic() + timeout
@@ -147,17 +158,3 @@ def wait_until(condition: Any, timeout: float = 30, what: str = "condition") -> 
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         time.sleep(0.02)
-
-
-@contextmanager
-def environment(**values: str) -> Iterator[None]:
-    saved = {key: os.environ.get(key) for key in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
