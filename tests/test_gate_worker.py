@@ -5,13 +5,14 @@ Bodies are counted in a Redis list, so "0 bodies ran" is measured, not assumed.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import gateapp
 import pytest
 import redis
 from celery import chain, group
-from workers import Harness, wait_until, worker_env
+from workers import DeliveryLog, Harness, wait_until, worker_env
 
 from celery_tenant_gate import InvalidTenantId
 from celery_tenant_gate.deadletters import INVALID_TENANT
@@ -286,32 +287,40 @@ def test_kill_9_while_holding_loses_no_task(
     gate.pause("Cust1", "kill test")
     work = app.tasks["gateapp.work"]
     sent = {work.delay("Cust1", n).id for n in range(300)}
+    on_redis = env["GATE_BROKER"].startswith("redis")
+    deliveries = DeliveryLog(env["GATE_REDIS"]) if on_redis else None
     first = harness.worker("prefork", concurrency=2, **late)
     wait_until(lambda: gate.state("Cust1").held >= 30, what="some held")
     first.kill()  # kill -9, in the middle of holding
+    lost_in_transport: set[str] = set()
+    if deliveries is not None:
+        # kombu's Redis transport can lose the one message it had popped (BRPOP) and
+        # not yet recorded as unacked when its consumer was killed: a limit of that
+        # transport, with or without the gate (README, "Delivery guarantees"). Such a
+        # message was never delivered, and is not in the queue either.
+        queued = {
+            json.loads(raw)["headers"]["id"]
+            for raw in harness.client.lrange(env["GATE_PREFIX"] + ":q.work", 0, -1)
+        }
+        lost_in_transport = sent - deliveries.close() - queued
+        assert len(lost_in_transport) <= 1, "more than the one message in BRPOP's hands"
+    expected = sent - lost_in_transport
     harness.worker("prefork", concurrency=2, **late)
-    try:
-        wait_until(
-            lambda: gate.state("Cust1").held >= 300, timeout=90, what="every task held again"
-        )
-    except AssertionError:
-        if not env["GATE_BROKER"].startswith("redis"):
-            raise
-        # Seen in some runs on Redis only: after the kill, fewer than all 300 come back
-        # to be held within 90 s. Not explained yet (kombu's restore of a killed
-        # worker's unacked messages, or a real loss): under investigation (issue 3).
-        client = gate.states.store.client
-        pytest.xfail(
-            f"on Redis, {gate.state('Cust1').held} of 300 held again after kill -9; "
-            f"work queue {client.llen(env['GATE_PREFIX'] + ':q.work')}, "
-            f"kombu unacked {client.hlen('unacked')}"
-        )
+    wait_until(
+        lambda: gate.state("Cust1").held >= len(expected),
+        timeout=90,
+        what=f"all {len(expected)} tasks held again",
+    )
     gate.resume("Cust1")
-    harness.wait_ids(sent)
-    duplicates = len(harness.ran_now()) - len(sent)
+    harness.wait_ids(expected)
+    duplicates = len(harness.ran_now()) - len(expected)
     record_property("duplicates", duplicates)
-    print(f"kill -9 while holding: 0 lost, {duplicates} duplicate(s)")
-    assert {r["id"] for r in harness.seen} == sent
+    record_property("lost_in_transport", len(lost_in_transport))
+    print(
+        f"kill -9 while holding: 0 lost by the gate, {len(lost_in_transport)} in kombu's "
+        f"BRPOP window, {duplicates} duplicate(s)"
+    )
+    assert {r["id"] for r in harness.seen} == expected
 
 
 def _now(harness: Harness) -> float:

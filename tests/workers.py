@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -149,6 +150,42 @@ def worker_env(broker: str, redis_url: str, prefix: str, superoffice: Any) -> di
         "GATE_MIN_TTL": "0.3",
         "GATE_SWEEP": "0.2",
     }
+
+
+class DeliveryLog:
+    """Which task ids kombu's Redis transport recorded as delivered (``HSET unacked``).
+
+    kombu's Redis transport pops a message with ``BRPOP`` and only then records it in
+    its ``unacked`` hash: a consumer killed in between loses that one message, with or
+    without the gate. Redis ``MONITOR`` shows every command the server ran, so after a
+    kill a missing task can be told apart: lost in that transport window (its id was
+    never recorded) or lost after delivery (which would be the gate's fault).
+    """
+
+    _ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+
+    def __init__(self, redis_url: str) -> None:
+        self.delivered: set[str] = set()
+        self._client = redis.Redis.from_url(redis_url)
+        self._monitor = self._client.monitor().__enter__()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._read, daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        while not self._stop.is_set():
+            command = str(self._monitor.next_command().get("command", ""))
+            if command.upper().startswith("HSET UNACKED "):
+                self.delivered.update(self._ID.findall(command))
+
+    def close(self) -> set[str]:
+        """Stop reading (after one last command, sent here) and return what was seen."""
+        self._stop.set()
+        self._client.ping()
+        self._thread.join(timeout=10)
+        self._monitor.__exit__(None, None, None)
+        self._client.close()
+        return self.delivered
 
 
 def wait_until(condition: Any, timeout: float = 30, what: str = "condition") -> None:
