@@ -66,7 +66,9 @@ def held_queues_for(app: Any) -> HeldQueues:
     if scheme in {"redis", "rediss"}:
         return RedisHeldQueues(redis.Redis.from_url(url), default_queue)
     if scheme in {"amqp", "amqps", "pyamqp"}:
-        return AmqpHeldQueues(app.connection_for_write)
+        return AmqpHeldQueues(
+            app.connection_for_write, dead_letter=gate_config(app).amqp_release_by_broker
+        )
     raise ConfigError(
         f"tenant-gate holds tasks in broker queues and supports Redis and RabbitMQ "
         f"brokers; broker_url is {scheme}://"

@@ -100,6 +100,12 @@ class GateConfig:
     queue_template: str = _setting(
         "tenant.{ctx}", "Name of a tenant's queue, where its held tasks wait; `{ctx}` is its id."
     )
+    amqp_release_by_broker: bool = _setting(
+        True,
+        "RabbitMQ: release held tasks by dead-lettering, so that the broker moves them "
+        "(fast). False: re-publish each one with publisher confirms (slower; no window "
+        "should the broker itself crash in the middle of a release).",
+    )
     sweep_interval: float = _setting(
         2.0,
         "Seconds between sweeps (one worker at a time) that resume tenants whose state "
@@ -286,6 +292,15 @@ def _count(key: str, value: Any) -> int:
     return number
 
 
+def _flag(key: str, value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    words = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
+    if isinstance(value, (str, int)) and str(value).lower() in words:
+        return words[str(value).lower()]
+    raise ConfigError(f"{key} must be true or false, got {value!r}")
+
+
 def _text(key: str, value: Any) -> str:
     if not isinstance(value, str) or not value:
         raise ConfigError(f"{key} must be a non-empty string, got {value!r}")
@@ -394,6 +409,7 @@ _PARSERS: dict[str, Callable[[str, Any], Any]] = {
     "webhook_leeway": _non_negative,
     "webhook_max_body": _count,
     "queue_template": _queue_template,
+    "amqp_release_by_broker": _flag,
     "sweep_interval": _positive,
     "dead_letter_max": _count,
     "held_forget_after": _positive,

@@ -19,7 +19,7 @@ from .config import GateConfig
 from .deadletters import INVALID_TENANT, DeadLetter, DeadLetters
 from .errors import InvalidTenantId
 from .held import HeldMessage, HeldQueues
-from .holding import ConfirmedProducers, hold_message, hold_request
+from .holding import ConfirmedProducers, destination_queue, hold_message, hold_request
 from .ids import compile_pattern, validate_tenant_id
 from .lookup import TenantStates
 from .record import TenantRecord
@@ -67,6 +67,13 @@ class Gate:
             ConfirmedProducers(app) if transport in {"amqp", "amqps", "pyamqp"} else None
         )
 
+    def _destination(self, delivery_info: Any) -> str | None:
+        # RabbitMQ only: a copy held through the hold exchange is released by the
+        # broker itself (dead-lettering), when the queue it was meant for is known.
+        if self._confirmed is None or not self.config.amqp_release_by_broker:
+            return None
+        return destination_queue(self.app, delivery_info)
+
     def queue_for(self, context_id: str) -> str:
         return self.config.queue_template.format(ctx=context_id)
 
@@ -89,7 +96,9 @@ class Gate:
             # Noted before publishing: if Redis cannot take it, nothing is published
             # and the message is requeued, rather than held where no sweep looks.
             self.states.store.mark_held(ctx, self._clock())
-            hold_message(self.app, message, queue, self._confirmed)
+            hold_message(
+                self.app, message, queue, self._confirmed, self._destination(message.delivery_info)
+            )
             self._after_hold(ctx, queue, message.headers)
         elif verdict is Verdict.DROP:
             self._drop(ctx, _raw_of(message))
@@ -110,7 +119,7 @@ class Gate:
         if verdict is Verdict.HOLD:
             queue = self.queue_for(ctx)
             self.states.store.mark_held(ctx, self._clock())
-            hold_request(task, queue, ctx)
+            hold_request(task, queue, ctx, self._destination(task.request.delivery_info))
             self._after_hold(ctx, queue, {"id": task.request.id, "task": task.name})
         elif verdict is Verdict.DROP:
             request = task.request

@@ -4,11 +4,15 @@ A tenant queue (``tenant.<id>``) is a durable classic queue that no worker consu
 Every call opens its own connection from the factory, and its own channels, and
 releases them before returning.
 
-Moving works on the raw AMQP message: the body bytes are never decoded, and the
-content type, encoding, headers and properties (priority, delivery mode, ...) are
-copied as they are. A source message is acknowledged only once the broker has
-confirmed its copy (publisher confirms, a batch at a time), so a crash at any point
-can duplicate a message but never lose one.
+A message held through the hold exchange (see :mod:`.holding`) is released by the
+broker itself: the release receives it and rejects it, and its tenant queue
+dead-letters it, by its routing key, to the queue it was meant for. Nothing is
+re-published: the client only reads. Other messages (destination not known at hold
+time, or ``dead_letter=False``) are moved: the raw AMQP message is
+re-published (the body bytes are never decoded; content type, encoding, headers and
+properties are copied as they are), and the source is acknowledged only once the
+broker has confirmed its copy (publisher confirms, a batch at a time). Either way a
+crash of the releasing process can duplicate a message but never lose one.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from kombu.connection import Connection
 from .carrier import ROUTE_HEADER
 from .errors import TenantGateError
 from .held import HeldMessage
+from .holding import DEAD_LETTER_ARGUMENTS, HOLD_EXCHANGE, RELEASE_EXCHANGE
 
 __all__ = ["RELEASED_HEADER", "AmqpHeldQueues", "HeldMessage", "HeldReleaseError"]
 
@@ -37,6 +42,10 @@ _MAX_PREFETCH = 65535
 # transport option confirm_publish that waits for each confirm, and otherwise it polls
 # the socket before every publish, which costs a fifth of the release rate.
 _BASIC_PUBLISH = (60, 40)
+# basic.nack (py-amqp has no method for it): with multiple and without requeue it
+# rejects every delivery up to a tag, and the tenant queue dead-letters them.
+_BASIC_NACK = (60, 120)
+_PRECONDITION_FAILED = 406
 
 _Sent = tuple[int, Any, tuple[str, str]]  # confirm sequence number, source, route
 
@@ -189,11 +198,13 @@ class AmqpHeldQueues:
         default_queue: str = "celery",
         confirm_timeout: float = 30.0,
         idle_wait: float = 0.05,
+        dead_letter: bool = True,
     ) -> None:
         self.connection_factory = connection_factory
         self.default_queue = default_queue
         self.confirm_timeout = confirm_timeout
         self.idle_wait = idle_wait
+        self.dead_letter = dead_letter
 
     @contextmanager
     def _connection(self) -> Iterator[Connection]:
@@ -222,6 +233,36 @@ class AmqpHeldQueues:
             channel.exchange_declare(exchange, "direct", passive=True)
         except connection.channel_errors as exc:
             if _is_not_found(exc):
+                return False
+            raise
+        _close_channel(channel)
+        return True
+
+    def _bind_for_release(self, connection: Connection, queue: str) -> bool:
+        """Bind *queue* to the release exchange by its own name, so that released
+        messages reach it; False if it does not exist (dead-lettering to it would drop
+        them)."""
+        channel = _open_channel(connection)
+        try:
+            channel.exchange_declare(RELEASE_EXCHANGE, "direct", durable=True, auto_delete=False)
+            channel.queue_bind(queue, RELEASE_EXCHANGE, routing_key=queue)
+        except connection.channel_errors as exc:
+            if _is_not_found(exc):
+                return False
+            raise
+        _close_channel(channel)
+        return True
+
+    def _dead_letters(self, connection: Connection, queue: str) -> bool:
+        """Whether *queue* dead-letters to the release exchange, as a hold through the
+        hold exchange declares it (a re-declare with other arguments is refused)."""
+        channel = _open_channel(connection)
+        try:
+            channel.queue_declare(
+                queue, durable=True, auto_delete=False, arguments=dict(DEAD_LETTER_ARGUMENTS)
+            )
+        except connection.channel_errors as exc:
+            if getattr(exc, "reply_code", None) in {_PRECONDITION_FAILED, _NOT_FOUND}:
                 return False
             raise
         _close_channel(channel)
@@ -269,17 +310,19 @@ class AmqpHeldQueues:
                 return exchange, routing_key
         return "", self.default_queue
 
-    def release(self, queue: str, *, marker: str, batch: int = 500) -> int:
+    def release(self, queue: str, *, marker: str, batch: int = 2000) -> int:
         """Move every message of *queue* to where it was meant to go, oldest first.
 
-        The destination is the exchange and routing key in the message's
-        ``tenant_gate_route`` header (the default exchange and *default_queue* if it
-        has none). The copy has the same body, content type, encoding, properties and
-        headers, plus the header ``tenant_gate_released`` = *marker* (give each release
-        its own). It moves until the queue is empty or a message it moved itself comes
-        back (a task held again at once, because its tenant still does not run): that
-        one and those after it wait for the next release, so a release always ends.
-        0 for a queue that does not exist.
+        A message held through the hold exchange goes to the queue its routing key
+        names: it is rejected, and the broker dead-letters it there. Any other goes
+        to the exchange and routing key in its ``tenant_gate_route`` header (the
+        default exchange and *default_queue* if it has none), as a copy with the same
+        body, content type, encoding, properties and headers, plus the header
+        ``tenant_gate_released`` = *marker* (give each release its own). It moves
+        until the queue is empty or a message it moved itself comes back (a task held
+        again at once, because its tenant still does not run): that one and those
+        after it wait for the next release, so a release always ends. 0 for a queue
+        that does not exist.
 
         Raises :class:`HeldReleaseError` if a message's route leads to no queue (or
         to a missing exchange). The release stops at the end of that batch: such
@@ -291,109 +334,15 @@ class AmqpHeldQueues:
         with self._connection() as connection:
             if not self._ready(connection, queue):
                 return 0
+            rejecting = self.dead_letter and self._dead_letters(connection, queue)
             consumer = _Consumer(connection, queue, prefetch=2 * batch)
             try:
-                return self._release(connection, consumer, queue=queue, marker=marker, batch=batch)
+                run = _Release(
+                    self, connection, consumer, queue=queue, marker=marker, rejecting=rejecting
+                )
+                return run.until_done(batch)
             finally:
                 _close_channel(consumer.channel)
-
-    def _release(
-        self,
-        connection: Connection,
-        consumer: _Consumer,
-        *,
-        queue: str,
-        marker: str,
-        batch: int,
-    ) -> int:
-        channel = consumer.channel
-        confirms = _Confirms(channel)
-        known_exchanges = {""}
-        moved = 0
-        came_back = False
-        while not came_back:
-            consumer.fill(batch, self.idle_wait)
-            if not consumer.buffer:
-                if consumer.cancelled or not self._ready(connection, queue):
-                    consumer.stop()
-                    if not consumer.buffer:
-                        return moved
-                continue
-            sent: list[_Sent] = []
-            unroutable: list[tuple[str, str]] = []
-            for raw in consumer.take(batch):
-                # The copy is built from the raw properties, so none can be left out.
-                properties = dict(raw.properties or {})
-                headers = dict(properties.get("application_headers") or {})
-                if headers.get(RELEASED_HEADER) == marker:
-                    # One this release moved, held again at once (its tenant still
-                    # does not run): the release has gone round; stop, so that it
-                    # ends. It and what follows stay held, in order.
-                    came_back = True
-                    break
-                exchange, routing_key = self._route(headers)
-                if exchange not in known_exchanges:
-                    # Publishing to a missing exchange would close the channel.
-                    if not self._exchange_exists(connection, exchange):
-                        unroutable.append((exchange, routing_key))
-                        break
-                    known_exchanges.add(exchange)
-                headers[RELEASED_HEADER] = marker
-                properties["application_headers"] = headers
-                copy = type(raw)(raw.body, **properties)
-                channel.send_method(
-                    _BASIC_PUBLISH, "Bssbb", (0, exchange, routing_key, True, False), copy
-                )
-                sent.append((confirms.sent(), raw, (exchange, routing_key)))
-            failed = self._settle(channel, confirms, sent)
-            moved += len(sent) - len(failed)
-            if failed or unroutable:
-                # What was not acked goes back to the tenant queue, in place, when the
-                # channel closes.
-                raise HeldReleaseError(queue, moved, sorted(set(failed + unroutable)))
-        # Deliveries not acknowledged go back to the tenant queue, in place, when the
-        # channel closes.
-        consumer.stop()
-        return moved
-
-    def _settle(
-        self, channel: Any, confirms: _Confirms, sent: list[_Sent]
-    ) -> list[tuple[str, str]]:
-        """Wait for the broker to confirm *sent*, then ack the source of every copy it
-        took. Returns the routes of the copies it returned or refused; their sources
-        stay unacked."""
-        if not sent:
-            return []
-        deadline = time.monotonic() + self.confirm_timeout
-        while confirms.pending:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise TimeoutError(
-                    f"RabbitMQ did not confirm {len(confirms.pending)} released "
-                    f"message(s) within {self.confirm_timeout}s"
-                )
-            with suppress(TimeoutError):
-                channel.connection.drain_events(timeout=remaining)
-        bad = {seq for seq, _, _ in sent if seq in confirms.failed}
-        for exchange, routing_key, returned in confirms.returned:
-            # A return carries no sequence number: find its copy by route and body.
-            for seq, raw, route in sent:
-                if (
-                    seq not in bad
-                    and route == (exchange, routing_key)
-                    and bytes(raw.body) == bytes(returned.body)
-                ):
-                    bad.add(seq)
-                    break
-        confirms.returned.clear()
-        confirms.failed.clear()
-        if not bad:
-            channel.basic_ack(sent[-1][1].delivery_tag, multiple=True)
-            return []
-        for seq, raw, _ in sent:
-            if seq not in bad:
-                channel.basic_ack(raw.delivery_tag)
-        return [route for seq, _, route in sent if seq in bad]
 
     def drain(self, queue: str, sink: Callable[[list[HeldMessage]], None], batch: int = 500) -> int:
         """Remove every message of *queue*, handing them to *sink* a batch at a time,
@@ -426,3 +375,180 @@ class AmqpHeldQueues:
             finally:
                 # A clean close: the broker has the acks before the call returns.
                 _close_channel(consumer.channel)
+
+
+class _Release:
+    """One release of one tenant queue, batch after batch, in the order received.
+
+    Messages held through the hold exchange are rejected in runs (one ``basic.nack``
+    per run) and the broker dead-letters them where they were meant to go; others are
+    re-published with confirms. A run is settled before the next one starts, so that
+    a ``multiple`` ack or nack never covers a delivery of the other kind.
+    """
+
+    def __init__(
+        self,
+        owner: AmqpHeldQueues,
+        connection: Connection,
+        consumer: _Consumer,
+        *,
+        queue: str,
+        marker: str,
+        rejecting: bool,
+    ) -> None:
+        self.owner = owner
+        self.connection = connection
+        self.consumer = consumer
+        self.channel = consumer.channel
+        self.queue = queue
+        self.marker = marker
+        self.rejecting = rejecting
+        self.confirms = _Confirms(self.channel)
+        self.known_exchanges = {""}
+        self.known_queues: dict[str, bool] = {}
+        # Task ids this release dead-lettered.
+        self.moved_ids: set[str] = set()
+        self.moved = 0
+        # Routes of copies the broker returned or refused; their sources stay held.
+        self.failed: list[tuple[str, str]] = []
+
+    def until_done(self, batch: int) -> int:
+        while True:
+            self.consumer.fill(batch, self.owner.idle_wait)
+            if not self.consumer.buffer:
+                if self.consumer.cancelled or not self.owner._ready(self.connection, self.queue):
+                    self.consumer.stop()
+                    if not self.consumer.buffer:
+                        return self._synced()
+                continue
+            if self._batch(self.consumer.take(batch)):
+                # Deliveries not settled go back to the tenant queue, in place, when
+                # the channel closes.
+                self.consumer.stop()
+                return self._synced()
+
+    def _synced(self) -> int:
+        """The count moved, once the tenant queue has dead-lettered what was rejected.
+
+        A nack is not answered; a declare on the same channel reaches the queue after
+        it, so its answer means the queue has handed every rejected message on.
+        """
+        if self.moved_ids:
+            with suppress(*self.connection.channel_errors):
+                self.channel.queue_declare(self.queue, passive=True)
+        return self.moved
+
+    def _batch(self, raws: list[Any]) -> bool:
+        """Release *raws*; True if the release has gone round (stop after them)."""
+        sent: list[_Sent] = []
+        rejected: list[Any] = []
+        unroutable: list[tuple[str, str]] = []
+        came_back = False
+        for raw in raws:
+            # A copy is built from the raw properties, so none can be left out.
+            properties = dict(raw.properties or {})
+            headers = dict(properties.get("application_headers") or {})
+            task_id = str(headers.get("id", ""))
+            if headers.get(RELEASED_HEADER) == self.marker or (
+                task_id in self.moved_ids and "x-death" in headers
+            ):
+                # One this release moved, held again at once (its tenant still does
+                # not run; the hold kept the marker, or the broker's record of the
+                # dead-lettering): the release has gone round; stop, so that it ends.
+                # It and what follows stay held, in order. (A second copy of a task
+                # never moved before, left by a crash, is moved like any other.)
+                came_back = True
+                break
+            if self._rejectable(raw):
+                self._settle(sent)
+                sent = []
+                rejected.append(raw)
+                self.moved_ids.add(task_id)
+                continue
+            self._reject(rejected)
+            rejected = []
+            exchange, routing_key = self.owner._route(headers)
+            if exchange not in self.known_exchanges:
+                # Publishing to a missing exchange would close the channel.
+                if not self.owner._exchange_exists(self.connection, exchange):
+                    unroutable.append((exchange, routing_key))
+                    break
+                self.known_exchanges.add(exchange)
+            headers[RELEASED_HEADER] = self.marker
+            properties["application_headers"] = headers
+            copy = type(raw)(raw.body, **properties)
+            self.channel.send_method(
+                _BASIC_PUBLISH, "Bssbb", (0, exchange, routing_key, True, False), copy
+            )
+            sent.append((self.confirms.sent(), raw, (exchange, routing_key)))
+        self._reject(rejected)
+        self._settle(sent)
+        if self.failed or unroutable:
+            # What was not settled goes back to the tenant queue, in place, when the
+            # channel closes.
+            raise HeldReleaseError(self.queue, self.moved, sorted(set(self.failed + unroutable)))
+        return came_back
+
+    def _rejectable(self, raw: Any) -> bool:
+        """Whether the broker can release *raw* by dead-lettering: held through the
+        hold exchange into a queue that dead-letters, meant for a queue that exists
+        and is bound for releases (dead-lettering to nowhere would drop it)."""
+        info = raw.delivery_info or {}
+        if not self.rejecting or info.get("exchange") != HOLD_EXCHANGE:
+            return False
+        destination = str(info.get("routing_key") or "")
+        if destination not in self.known_queues:
+            self.known_queues[destination] = bool(destination) and self.owner._bind_for_release(
+                self.connection, destination
+            )
+        return self.known_queues[destination]
+
+    def _reject(self, run: list[Any]) -> None:
+        if not run:
+            return
+        if self.failed:
+            # A delivery before these stays unsettled (to stay held): no "multiple".
+            for raw in run:
+                self.channel.send_method(_BASIC_NACK, "Lbb", (raw.delivery_tag, False, False))
+        else:
+            self.channel.send_method(_BASIC_NACK, "Lbb", (run[-1].delivery_tag, True, False))
+        self.moved += len(run)
+
+    def _settle(self, sent: list[_Sent]) -> None:
+        """Wait for the broker to confirm *sent*, then ack the source of every copy it
+        took. The routes of the copies it returned or refused go to ``failed``; their
+        sources stay unacked (held)."""
+        if not sent:
+            return
+        confirms, channel = self.confirms, self.channel
+        deadline = time.monotonic() + self.owner.confirm_timeout
+        while confirms.pending:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError(
+                    f"RabbitMQ did not confirm {len(confirms.pending)} released "
+                    f"message(s) within {self.owner.confirm_timeout}s"
+                )
+            with suppress(TimeoutError):
+                channel.connection.drain_events(timeout=remaining)
+        bad = {seq for seq, _, _ in sent if seq in confirms.failed}
+        for exchange, routing_key, returned in confirms.returned:
+            # A return carries no sequence number: find its copy by route and body.
+            for seq, raw, route in sent:
+                if (
+                    seq not in bad
+                    and route == (exchange, routing_key)
+                    and bytes(raw.body) == bytes(returned.body)
+                ):
+                    bad.add(seq)
+                    break
+        confirms.returned.clear()
+        confirms.failed.clear()
+        if not bad and not self.failed:
+            channel.basic_ack(sent[-1][1].delivery_tag, multiple=True)
+        else:
+            for seq, raw, _ in sent:
+                if seq not in bad:
+                    channel.basic_ack(raw.delivery_tag)
+        self.moved += len(sent) - len(bad)
+        self.failed.extend(route for seq, _, route in sent if seq in bad)

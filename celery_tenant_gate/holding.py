@@ -26,12 +26,58 @@ from .carrier import HEADER, HELD_COUNT_HEADER, ROUTE_HEADER
 _ANON = Exchange("")  # type: ignore[no-untyped-call]
 _RETRY_POLICY = {"max_retries": 3, "interval_start": 0.1, "interval_step": 0.2}
 
+#: RabbitMQ: the exchange that hold copies go through. Each tenant queue is bound to
+#: it by its own name. A copy is published with the queue it was meant for as its
+#: routing key and the tenant queue in its ``BCC`` header, so it lands in the tenant
+#: queue only, keeping its destination as its routing key.
+HOLD_EXCHANGE = "tenant_gate.hold"
+#: RabbitMQ: where tenant queues dead-letter. A release rejects the held messages and
+#: the broker routes each one here by its routing key, to the queue it was meant for
+#: (the release binds that queue here by its own name). Dead-lettering also routes by
+#: the ``BCC`` keys: those lead nowhere here, so no copy goes back to the tenant queue.
+RELEASE_EXCHANGE = "tenant_gate.release"
+#: The argument that makes a RabbitMQ tenant queue dead-letter to RELEASE_EXCHANGE.
+DEAD_LETTER_ARGUMENTS = {"x-dead-letter-exchange": RELEASE_EXCHANGE}
+_HOLD = Exchange(HOLD_EXCHANGE, "direct", durable=True)  # type: ignore[no-untyped-call]
 
-def tenant_queue(name: str) -> Queue:
-    """A tenant queue: durable, on the default exchange, consumed by nobody."""
+
+def tenant_queue(name: str, *, dead_letter: bool = False) -> Queue:
+    """A tenant queue: durable, consumed by nobody. On the default exchange; with
+    *dead_letter* (RabbitMQ), also bound to :data:`HOLD_EXCHANGE` and dead-lettering
+    to :data:`RELEASE_EXCHANGE`."""
+    if not dead_letter:
+        return Queue(  # type: ignore[no-untyped-call]
+            name, _ANON, routing_key=name, durable=True, auto_delete=False
+        )
     return Queue(  # type: ignore[no-untyped-call]
-        name, _ANON, routing_key=name, durable=True, auto_delete=False
+        name,
+        _HOLD,
+        routing_key=name,
+        durable=True,
+        auto_delete=False,
+        queue_arguments=dict(DEAD_LETTER_ARGUMENTS),
     )
+
+
+def destination_queue(app: Any, delivery_info: dict[str, Any] | None) -> str | None:
+    """The queue a message delivered with *delivery_info* was meant for, when the route
+    names exactly one (the default exchange, or a direct exchange one of the app's
+    queues is bound to with that routing key); else None."""
+    info = delivery_info or {}
+    exchange, routing_key = info.get("exchange") or "", info.get("routing_key") or ""
+    if not routing_key:
+        return None
+    if exchange == "":
+        return str(routing_key)
+    found = [
+        queue.name
+        for queue in app.amqp.queues.values()
+        if queue.exchange is not None
+        and queue.exchange.name == exchange
+        and queue.exchange.type == "direct"
+        and queue.routing_key == routing_key
+    ]
+    return str(found[0]) if len(found) == 1 else None
 
 
 def held_headers(
@@ -83,10 +129,24 @@ class ConfirmedProducers:
             yield self._producer
 
 
-def hold_message(app: Any, message: Any, queue: str, producers: Any = None) -> None:
+def hold_message(
+    app: Any, message: Any, queue: str, producers: Any = None, destination: str | None = None
+) -> None:
     """Re-publish a received kombu message to the tenant queue *queue* (with
-    *producers*, a :class:`ConfirmedProducers`, when given; else the app's pool)."""
+    *producers*, a :class:`ConfirmedProducers`, when given; else the app's pool).
+
+    With *destination* (RabbitMQ: the queue it was meant for), through
+    :data:`HOLD_EXCHANGE`, so that a release can dead-letter it back there.
+    """
     props = message.properties or {}
+    headers = held_headers(message.headers, message.delivery_info)
+    if destination is None:
+        route: dict[str, Any] = {"exchange": "", "routing_key": queue}
+        declare = tenant_queue(queue)
+    else:
+        route = {"exchange": HOLD_EXCHANGE, "routing_key": destination}
+        declare = tenant_queue(queue, dead_letter=True)
+        headers["BCC"] = [queue]
     if producers is not None:
         acquire = producers.acquire()
     else:
@@ -94,12 +154,11 @@ def hold_message(app: Any, message: Any, queue: str, producers: Any = None) -> N
     with acquire as producer:
         producer.publish(
             message.body,
-            exchange="",
-            routing_key=queue,
-            declare=[tenant_queue(queue)],
+            **route,
+            declare=[declare],
             content_type=message.content_type,
             content_encoding=message.content_encoding,
-            headers=held_headers(message.headers, message.delivery_info),
+            headers=headers,
             priority=props.get("priority"),
             correlation_id=props.get("correlation_id"),
             reply_to=props.get("reply_to"),
@@ -109,19 +168,25 @@ def hold_message(app: Any, message: Any, queue: str, producers: Any = None) -> N
         )
 
 
-def hold_request(task: Any, queue: str, context_id: str) -> None:
-    """Re-publish the task now running in this pool process to *queue*."""
+def hold_request(task: Any, queue: str, context_id: str, destination: str | None = None) -> None:
+    """Re-publish the task now running in this pool process to *queue* (through
+    :data:`HOLD_EXCHANGE` with *destination*, as :func:`hold_message` does)."""
     request = task.request
     headers = held_headers(request.headers, request.delivery_info)
     headers[HEADER] = context_id
+    entity = tenant_queue(queue, dead_letter=destination is not None)
+    if destination is not None:
+        headers["BCC"] = [queue]
     signature = task.signature_from_request(
         request,
-        queue=queue,
+        queue=queue if destination is None else entity,
         eta=request.eta,
         headers=headers,
     )
+    if destination is not None:
+        signature.set(exchange=HOLD_EXCHANGE, routing_key=destination)
     with task.app.producer_or_acquire() as producer:
-        producer.maybe_declare(tenant_queue(queue))
+        producer.maybe_declare(entity)
         # The request's options already carry the task id, retries (unchanged),
         # expiry, priority, links and chord: a hold is not a retry.
         signature.apply_async(producer=producer, retry=True, retry_policy=_RETRY_POLICY)

@@ -84,11 +84,21 @@ def test_redis_url_does_not_fall_back_to_a_rabbitmq_broker() -> None:
         ("tenant_gate_verdicts", ["Running"]),
         ("tenant_gate_tenant_id_pattern", "Cust(["),
         ("tenant_gate_key_prefix", ""),
+        ("tenant_gate_amqp_release_by_broker", "sometimes"),
+        ("tenant_gate_amqp_release_by_broker", 2),
     ],
 )
 def test_bad_values_name_the_key(key: str, value: Any) -> None:
     with pytest.raises(ConfigError, match=key):
         GateConfig.from_mapping({key: value})
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"), [(False, False), ("false", False), ("0", False), ("yes", True)]
+)
+def test_switches_read_words_as_well_as_booleans(value: Any, expected: bool) -> None:
+    config = GateConfig.from_mapping({"tenant_gate_amqp_release_by_broker": value})
+    assert config.amqp_release_by_broker is expected
 
 
 def test_min_ttl_above_max_ttl_is_refused() -> None:

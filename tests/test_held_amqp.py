@@ -7,6 +7,7 @@ its own and deletes them.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import threading
@@ -19,6 +20,7 @@ import pytest
 from kombu.connection import Connection
 
 from celery_tenant_gate.held_amqp import RELEASED_HEADER, AmqpHeldQueues, HeldMessage
+from celery_tenant_gate.holding import DEAD_LETTER_ARGUMENTS, HOLD_EXCHANGE
 
 pytestmark = [pytest.mark.rabbitmq, pytest.mark.timeout(120)]
 
@@ -29,10 +31,17 @@ def _connect() -> Connection:
     return Connection(AMQP_URL, connect_timeout=5, transport_options={"read_timeout": 30})
 
 
+#: How the worker holds: through the hold exchange into a tenant queue that
+#: dead-letters (when it knows the destination queue), or straight into the tenant
+#: queue (when it does not, and as older versions did).
+MODES = ("dead-letter", "publish")
+
+
 class Broker:
     """A test's own connection and queue names; deletes its queues afterwards."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, mode: str = "publish") -> None:
+        self.mode = mode
         self.conn = _connect()
         self.channel: Any = self.conn.default_channel
         self.channel.auto_decode = False  # keep bodies as bytes, as they were sent
@@ -52,14 +61,31 @@ class Broker:
         )
         return name
 
+    def tenant(self, suffix: str) -> str:
+        """A tenant queue, declared as a hold in this test's mode declares it."""
+        if self.mode == "publish":
+            return self.declare(suffix)
+        name = self.name(suffix)
+        self.channel.exchange_declare(HOLD_EXCHANGE, "direct", durable=True, auto_delete=False)
+        self.channel.queue_declare(
+            name, durable=True, auto_delete=False, arguments=dict(DEAD_LETTER_ARGUMENTS)
+        )
+        self.channel.queue_bind(name, HOLD_EXCHANGE, routing_key=name)
+        return name
+
     def hold(
         self,
         tenant_queue: str,
         index: int,
         route: tuple[str, str] | None,
         priority: int | None = None,
+        destination: str | None = None,
+        keep: dict[str, Any] | None = None,
     ) -> None:
-        """Put a held task message in *tenant_queue* the way the worker does."""
+        """Put a held task message in *tenant_queue* the way the worker does.
+
+        In dead-letter mode the worker knows the *destination* queue when the route
+        names it (the default exchange), or when it is given (a named exchange)."""
         headers: dict[str, Any] = {
             "id": f"task-{index}",
             "task": "app.tasks.sync",
@@ -69,6 +95,7 @@ class Broker:
         }
         if route is not None:
             headers["tenant_gate_route"] = {"exchange": route[0], "routing_key": route[1]}
+        headers.update(keep or {})
         body = json.dumps([[index], {"k": "v" * (index % 7)}, {}]).encode()
         message = self.channel.prepare_message(
             body,
@@ -78,7 +105,13 @@ class Broker:
             headers=headers,
             properties={"delivery_mode": 2, "correlation_id": f"task-{index}"},
         )
-        self.channel.basic_publish(message, exchange="", routing_key=tenant_queue)
+        if destination is None and route is not None and route[0] == "":
+            destination = route[1]
+        if self.mode == "dead-letter" and destination is not None:
+            message.properties["application_headers"]["BCC"] = [tenant_queue]
+            self.channel.basic_publish(message, exchange=HOLD_EXCHANGE, routing_key=destination)
+        else:
+            self.channel.basic_publish(message, exchange="", routing_key=tenant_queue)
 
     def settle(self) -> None:
         """Wait until the broker has routed everything published so far."""
@@ -114,9 +147,9 @@ class Broker:
         self.conn.release()
 
 
-@pytest.fixture
-def broker(amqp_url: str) -> Iterator[Broker]:
-    instance = Broker(amqp_url)
+@pytest.fixture(params=MODES)
+def broker(request: pytest.FixtureRequest, amqp_url: str) -> Iterator[Broker]:
+    instance = Broker(amqp_url, request.param)
     yield instance
     instance.close()
 
@@ -133,7 +166,7 @@ def _ids(messages: list[HeldMessage]) -> list[str]:
 def test_release_moves_every_message_to_its_route_in_order(
     broker: Broker, held: AmqpHeldQueues
 ) -> None:
-    tenant = broker.declare("tenant.Cust123")
+    tenant = broker.tenant("Cust123")
     first = broker.declare("first")
     second = broker.declare("second", **{"x-max-priority": 9})
     for i in range(300):
@@ -155,7 +188,12 @@ def test_release_moves_every_message_to_its_route_in_order(
         assert raw.properties["delivery_mode"] == 2
         assert raw.properties["priority"] == original.properties["priority"]
         assert raw.properties["correlation_id"] == original.properties["correlation_id"]
-        assert raw.headers == {**original.headers, RELEASED_HEADER: "resume-1"}
+        if broker.mode == "publish":
+            assert raw.headers == {**original.headers, RELEASED_HEADER: "resume-1"}
+        else:  # the broker moved it: its headers, plus the broker's x-death record
+            assert {k: v for k, v in raw.headers.items() if not k.startswith("x-")} == (
+                original.headers
+            )
     # A priority queue hands out the highest priority first, in order within one.
     got_second = broker.take(second)
     expected = sorted((i for i in range(300) if i % 3 == 0), key=lambda i: (-(i % 10), i))
@@ -164,7 +202,7 @@ def test_release_moves_every_message_to_its_route_in_order(
 
 
 def test_release_copies_bodies_byte_for_byte(broker: Broker, held: AmqpHeldQueues) -> None:
-    tenant = broker.declare("tenant.Bytes")
+    tenant = broker.tenant("Bytes")
     target = broker.declare("target")
     bodies = [
         ("application/json", "utf-8", '["Gr\u00fc\u00dfe", "\u65e5\u672c"]'.encode()),
@@ -193,7 +231,7 @@ def test_release_copies_bodies_byte_for_byte(broker: Broker, held: AmqpHeldQueue
 
 
 def test_release_without_route_header_goes_to_the_default_queue(broker: Broker) -> None:
-    tenant = broker.declare("tenant.Cust7")
+    tenant = broker.tenant("Cust7")
     default = broker.declare("celery")
     held = AmqpHeldQueues(_connect, default_queue=default)
     for i in range(5):
@@ -205,13 +243,13 @@ def test_release_without_route_header_goes_to_the_default_queue(broker: Broker) 
 
 
 def test_release_through_a_named_exchange(broker: Broker, held: AmqpHeldQueues) -> None:
-    tenant = broker.declare("tenant.Cust8")
+    tenant = broker.tenant("Cust8")
     target = broker.declare("target")
     exchange = broker.prefix + ".ex"
     broker.channel.exchange_declare(exchange, "direct", durable=False, auto_delete=True)
     broker.channel.queue_bind(target, exchange, routing_key="work")
     for i in range(10):
-        broker.hold(tenant, i, (exchange, "work"))
+        broker.hold(tenant, i, (exchange, "work"), destination=target)
     broker.settle()
     try:
         assert held.release(tenant, marker="m") == 10
@@ -221,7 +259,7 @@ def test_release_through_a_named_exchange(broker: Broker, held: AmqpHeldQueues) 
 
 
 def test_a_large_release_moves_everything_in_order(broker: Broker, held: AmqpHeldQueues) -> None:
-    tenant = broker.declare("tenant.Big")
+    tenant = broker.tenant("Big")
     target = broker.declare("target")
     for i in range(3_000):
         broker.hold(tenant, i, ("", target))
@@ -236,14 +274,14 @@ def test_a_release_ends_and_leaves_late_arrivals_for_the_next_one(
 ) -> None:
     # A task held again at once (its tenant still does not run) must not keep a
     # release going for ever: only what waited when it started is moved.
-    tenant = broker.declare("tenant.Busy")
+    tenant = broker.tenant("Busy")
     target = broker.declare("target")
     for i in range(2_000):
         broker.hold(tenant, i, ("", target))
     broker.settle()
 
     def hold_more() -> None:
-        late = Broker(amqp_url)
+        late = Broker(amqp_url, broker.mode)
         try:
             for i in range(2_000, 2_300):
                 late.hold(tenant, i, ("", target))
@@ -264,12 +302,60 @@ def test_a_release_ends_and_leaves_late_arrivals_for_the_next_one(
     assert [m.headers["id"] for m in broker.take(target)] == [f"task-{i}" for i in range(2_300)]
 
 
+def test_a_release_ends_when_what_it_moved_is_held_again(
+    broker: Broker, held: AmqpHeldQueues, amqp_url: str
+) -> None:
+    # The tenant still does not run: a worker holds every released task again at
+    # once (same task id, its headers kept, as holds keep them), while the release is
+    # still going.
+    tenant = broker.tenant("tenant.Again")
+    target = broker.declare("target")
+    for i in range(200):
+        broker.hold(tenant, i, ("", target))
+    broker.settle()
+    stop = threading.Event()
+
+    def hold_again() -> None:
+        worker = Broker(amqp_url, broker.mode)
+        channel: Any = worker.conn.channel()
+        channel.auto_decode = False
+
+        received: list[Any] = []
+        channel.basic_consume(target, callback=received.append)
+        try:
+            while not stop.is_set():
+                with contextlib.suppress(TimeoutError):
+                    worker.conn.drain_events(timeout=0.1)
+                for raw in received:
+                    index = int(raw.headers["id"].split("-")[1])
+                    worker.hold(tenant, index, ("", target), keep=raw.headers)
+                    channel.basic_ack(raw.delivery_tag)
+                received.clear()
+        finally:
+            channel.close()
+            worker.conn.release()
+
+    thread = threading.Thread(target=hold_again)
+    thread.start()
+    try:
+        moved = held.release(tenant, marker="round")  # must return
+    finally:
+        stop.set()
+        thread.join(timeout=30)
+    assert 200 <= moved < 400
+    broker.settle()
+    waiting = {m.headers["id"] for m in broker.take(tenant)} | {
+        m.headers["id"] for m in broker.take(target)
+    }
+    assert waiting == {f"task-{i}" for i in range(200)}  # none lost
+
+
 def test_release_stops_at_an_unroutable_message_and_loses_nothing(
     broker: Broker, held: AmqpHeldQueues
 ) -> None:
     from celery_tenant_gate.held_amqp import HeldReleaseError
 
-    tenant = broker.declare("tenant.Cust9")
+    tenant = broker.tenant("Cust9")
     target = broker.declare("target")
     missing = broker.name("missing")  # never declared
     for i in range(6):
@@ -291,7 +377,7 @@ def test_release_to_a_missing_exchange_moves_only_what_came_before(
 ) -> None:
     from celery_tenant_gate.held_amqp import HeldReleaseError
 
-    tenant = broker.declare("tenant.Cust10")
+    tenant = broker.tenant("Cust10")
     target = broker.declare("target")
     for i in range(6):
         broker.hold(tenant, i, (broker.prefix + ".nope", "x") if i == 2 else ("", target))
@@ -311,7 +397,7 @@ def test_count_and_peek_neither_create_nor_reorder(broker: Broker, held: AmqpHel
     assert held.peek(missing) == []
     assert broker.ready(missing) is None
 
-    tenant = broker.declare("tenant.Cust11")
+    tenant = broker.tenant("Cust11")
     target = broker.declare("target")
     for i in range(20):
         broker.hold(tenant, i, ("", target), priority=i % 3)
@@ -334,7 +420,7 @@ def test_count_and_peek_neither_create_nor_reorder(broker: Broker, held: AmqpHel
 def test_drain_hands_every_message_to_the_sink_and_empties_the_queue(
     broker: Broker, held: AmqpHeldQueues
 ) -> None:
-    tenant = broker.declare("tenant.Gone")
+    tenant = broker.tenant("Gone")
     for i in range(1_234):
         broker.hold(tenant, i, ("", "celery"))
     broker.settle()
@@ -352,7 +438,7 @@ def test_drain_hands_every_message_to_the_sink_and_empties_the_queue(
 def test_a_failing_sink_leaves_the_messages_in_the_queue(
     broker: Broker, held: AmqpHeldQueues
 ) -> None:
-    tenant = broker.declare("tenant.Gone2")
+    tenant = broker.tenant("Gone2")
     for i in range(50):
         broker.hold(tenant, i, ("", "celery"))
     broker.settle()
@@ -375,7 +461,7 @@ def test_missing_or_empty_queues_release_and_drain_nothing(
     broker: Broker, held: AmqpHeldQueues
 ) -> None:
     missing = broker.name("tenant.Missing")
-    empty = broker.declare("tenant.Empty")
+    empty = broker.tenant("Empty")
     batches: list[list[HeldMessage]] = []
 
     assert held.release(missing, marker="m") == 0
@@ -403,7 +489,7 @@ def test_kill_9_during_a_release_loses_nothing(
     import subprocess
     import sys
 
-    tenant = broker.declare("tenant.Killed")
+    tenant = broker.tenant("Killed")
     target = broker.declare("target")
     for i in range(3_000):
         broker.hold(tenant, i, ("", target))
@@ -422,3 +508,23 @@ def test_kill_9_during_a_release_loses_nothing(
     ids = [m.headers["id"] for m in broker.take(target)]
     assert set(ids) == {f"task-{i}" for i in range(3_000)}  # nothing lost
     print(f"kill -9 during a release: 0 lost, {len(ids) - 3_000} duplicate(s)")
+
+
+def test_release_by_the_broker_can_be_switched_off(amqp_url: str) -> None:
+    # tenant_gate_amqp_release_by_broker = False: even messages held through the hold
+    # exchange are re-published with confirms, not dead-lettered.
+    broker = Broker(amqp_url, "dead-letter")
+    try:
+        tenant = broker.tenant("tenant.Confirmed")
+        target = broker.declare("target")
+        for i in range(20):
+            broker.hold(tenant, i, ("", target))
+        broker.settle()
+        held = AmqpHeldQueues(_connect, dead_letter=False)
+        assert held.release(tenant, marker="confirmed") == 20
+        got = broker.take(target)
+        assert [m.headers["id"] for m in got] == [f"task-{i}" for i in range(20)]
+        assert all(m.headers[RELEASED_HEADER] == "confirmed" for m in got)
+        assert not any("x-death" in m.headers for m in got)
+    finally:
+        broker.close()
