@@ -74,7 +74,7 @@ def test_a_paused_tenant_waits_and_then_runs_in_publish_order(
     assert all(r["retries"] == 0 for r in cust1)
     assert sorted(r["id"] for r in ran if r["ctx"] == "Cust2") == sorted(r.id for r in others)
     assert gate.state("Cust1").held == 0
-    assert len(harness.ran_now()) == 25, [(r["ctx"], r["n"], r.get("retries")) for r in harness.seen[25:]]  # exactly once each
+    assert len(harness.ran_now()) == 25  # exactly once each
 
 
 @pytest.mark.parametrize(
