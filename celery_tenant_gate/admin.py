@@ -380,6 +380,11 @@ class TenantAdmin:
             ) from None
         except StateAPIError as exc:
             raise Unavailable(str(exc)) from None
+        except TimeoutError as exc:  # a socket, or another process moving the held tasks
+            raise Unavailable(
+                f"timed out: {exc} (Redis at {self.redis_url()}, broker at "
+                f"{self.broker_url()}); try again"
+            ) from None
         except (redis.RedisError, OperationalError, ConnectionError) as exc:
             raise Unavailable(
                 f"lost the connection to Redis ({self.redis_url()}) or the broker "
