@@ -21,6 +21,8 @@ HEADER = TENANT_HEADER = "tenant_gate_ctx"
 #: where it was meant to go (``exchange``, ``routing_key``).
 HELD_COUNT_HEADER = "tenant_gate_held"
 ROUTE_HEADER = "tenant_gate_route"
+#: When the message was first held (Unix seconds): how long a held task has waited.
+HELD_AT_HEADER = "tenant_gate_held_at"
 
 
 def positional_index(fun: Callable[..., Any], name: str, bound: bool) -> int | None:

@@ -247,13 +247,24 @@ class Gate:
             logger.warning("tenant-gate: dropped %d held task(s) of %s: %s", dropped, ctx, reason)
         return dropped
 
-    def state(self, context_id: str) -> TenantStatus:
+    def state(self, context_id: str, *, look_up: bool = True) -> TenantStatus:
+        """The tenant's verdict, record, held and dropped counts.
+
+        With ``look_up=False`` only the shared store is read, as it is: the State API
+        is not asked even when its answer is due (what ``celery tenant-gate status``
+        shows).
+        """
         ctx = validate_tenant_id(context_id, self._pattern)
         queue = self.queue_for(ctx)
+        if look_up:
+            verdict, record = self.states.verdict(ctx), self.states.record(ctx)
+        else:
+            record = self.states.store.get(ctx)
+            verdict = self.states.policy.decide(record, self._clock())
         return TenantStatus(
             context_id=ctx,
-            verdict=self.states.verdict(ctx),
-            record=self.states.record(ctx),
+            verdict=verdict,
+            record=record,
             queue=queue,
             held=self.held_queues.count(queue),
             dropped=self.dead.count(ctx),

@@ -6,6 +6,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from .carrier import HELD_AT_HEADER, HELD_COUNT_HEADER
+
 
 @dataclass(frozen=True)
 class HeldMessage:
@@ -24,6 +26,29 @@ class HeldMessage:
     @property
     def task_name(self) -> str:
         return str(self.headers.get("task", ""))
+
+    @property
+    def held_at(self) -> float | None:
+        """When the task was first held (Unix seconds); None if a version of this
+        package that did not record it held it."""
+        try:
+            return float(self.headers[HELD_AT_HEADER])
+        except (KeyError, TypeError, ValueError):
+            return None
+
+    @property
+    def holds(self) -> int:
+        """How many times the task was held."""
+        try:
+            return int(self.headers.get(HELD_COUNT_HEADER) or 0)
+        except (TypeError, ValueError):
+            return 0
+
+    @property
+    def eta(self) -> str | None:
+        """The task's ETA as Celery wrote it (ISO 8601), if it has one."""
+        eta = self.headers.get("eta")
+        return str(eta) if eta else None
 
 
 class HeldQueues(Protocol):

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -21,7 +22,7 @@ from typing import Any
 from kombu.entity import Exchange, Queue
 from kombu.messaging import Producer
 
-from .carrier import HEADER, HELD_COUNT_HEADER, ROUTE_HEADER
+from .carrier import HEADER, HELD_AT_HEADER, HELD_COUNT_HEADER, ROUTE_HEADER
 
 _ANON = Exchange("")  # type: ignore[no-untyped-call]
 _RETRY_POLICY = {"max_retries": 3, "interval_start": 0.1, "interval_step": 0.2}
@@ -91,6 +92,7 @@ def held_headers(
         {"exchange": info.get("exchange") or "", "routing_key": info.get("routing_key") or ""},
     )
     result[HELD_COUNT_HEADER] = int(result.get(HELD_COUNT_HEADER) or 0) + 1
+    result.setdefault(HELD_AT_HEADER, time.time())  # the first hold: the task waits since
     return result
 
 

@@ -98,11 +98,15 @@ class TenantStates:
 
     # -- writes ---------------------------------------------------------------------
 
-    def refresh(self, context_id: str) -> TenantRecord | None:
-        """Ask the State API now, whatever the cached validity, and store the answer."""
+    def refresh(self, context_id: str, *, raise_errors: bool = False) -> TenantRecord | None:
+        """Ask the State API now, whatever the cached validity, and store the answer.
+
+        A failed call is recorded (as on every look-up); with *raise_errors* its
+        :class:`~celery_tenant_gate.errors.StateAPIError` is raised afterwards.
+        """
         ctx = validate_tenant_id(context_id, self._pattern)
         known = self.store.get(ctx)
-        return self._ask(ctx, known)
+        return self._ask(ctx, known, raise_errors=raise_errors)
 
     def learn(
         self, state: TenantState, *, source: Source, observed_at: float | None = None
@@ -200,7 +204,9 @@ class TenantStates:
                 if not locked:
                     break  # it gave up or crashed: take the lock ourselves
 
-    def _ask(self, ctx: str, known: TenantRecord | None) -> TenantRecord | None:
+    def _ask(
+        self, ctx: str, known: TenantRecord | None, *, raise_errors: bool = False
+    ) -> TenantRecord | None:
         attempted_at = self._clock()
         try:
             state = self.client.get(ctx)
@@ -210,6 +216,9 @@ class TenantStates:
             record, _ = self.store.write_failure(
                 ctx, str(exc), attempted_at=attempted_at, check_after=attempted_at + retry
             )
+            if raise_errors:
+                self.cache.invalidate(ctx)
+                raise
         else:
             learnt_at = self._clock()
             fresh_until = self._fresh_until(state, learnt_at)

@@ -12,6 +12,7 @@ Keys (``{p}`` is ``tenant_gate_key_prefix``)::
 
 from __future__ import annotations
 
+import re
 import secrets
 from collections.abc import Mapping
 from typing import Any
@@ -100,6 +101,7 @@ def connect(url: str) -> redis.Redis:
 
 
 _ALWAYS = 1e300  # a guard no stored observation time exceeds
+_GLOB_SPECIAL = re.compile(r"[*?\[\]\\]")  # escaped in a SCAN MATCH pattern
 
 
 class StateStore:
@@ -205,6 +207,14 @@ class StateStore:
         """Every paused tenant, with the time it was paused."""
         items: list[Any] = self.client.zrange(self.paused_key, 0, -1, withscores=True)
         return {_text(member): float(score) for member, score in items}
+
+    def tenants(self) -> list[str]:
+        """Every tenant with a record, sorted. A SCAN over the keys: for tools, never
+        for the hot path."""
+        head = self.key("")
+        pattern = _GLOB_SPECIAL.sub(r"\\\g<0>", head) + "*"
+        keys = self.client.scan_iter(match=pattern, count=1000)
+        return sorted({_text(key)[len(head) :] for key in keys})
 
     def try_lock(self, context_id: str, ttl: float) -> str | None:
         """Take the tenant's look-up lock for *ttl* seconds; its token, or None if taken."""
