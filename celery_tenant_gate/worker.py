@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -31,9 +30,19 @@ logger = logging.getLogger(__name__)
 REQUEUE_DELAY = 0.5
 
 
-def gated(gate: Gate, on_task_request: Callable[[Any], Any]) -> Callable[[Any], Any]:
-    """Wrap the consumer's ``on_task_request`` with the gate."""
+def gated(
+    gate: Gate, on_task_request: Callable[[Any], Any], timer: Any = None
+) -> Callable[[Any], Any]:
+    """Wrap the consumer's ``on_task_request`` with the gate. A task that cannot be
+    screened goes back to the broker after :data:`REQUEUE_DELAY`, on *timer* (the
+    consumer's, so that the event loop goes on meanwhile); without one, at once."""
     task_ready = worker_state.task_ready
+
+    def requeue(request: Any) -> None:
+        try:
+            request.reject(requeue=True)
+        finally:
+            task_ready(request)
 
     def gated_on_task_request(request: Any) -> Any:
         task = request.task
@@ -46,16 +55,19 @@ def gated(gate: Gate, on_task_request: Callable[[Any], Any]) -> Callable[[Any], 
             verdict = gate.screen(message, task, request.args, request.kwargs)
         except Exception:
             # Neither run it (its tenant may be away) nor lose it: back to the broker,
-            # after a pause, so that a broken broker or Redis is not a hot loop.
+            # after a pause, so that a broken broker or Redis is not a hot loop. The
+            # message stays unacknowledged (and counted as reserved) until then.
+            delay = REQUEUE_DELAY if timer is not None else 0.0
             logger.exception(
                 "tenant-gate: could not screen task %s[%s]; requeued in %.1fs",
                 task.name,
                 request.id,
-                REQUEUE_DELAY,
+                delay,
             )
-            time.sleep(REQUEUE_DELAY)
-            request.reject(requeue=True)
-            task_ready(request)
+            if timer is None:
+                requeue(request)
+            else:
+                timer.call_after(delay, requeue, (request,))
             return None
         if verdict is Verdict.RUN:
             restore_route(message.headers, request.delivery_info)
@@ -112,7 +124,7 @@ class TenantGateStep(bootsteps.StartStopStep):  # type: ignore[misc]
         gate_config(app)  # a bad setting stops the worker here, naming the key
         self.gate = gate_for(app)
         # Wrapped here, before the Tasks step builds the strategies that capture it.
-        consumer.on_task_request = gated(self.gate, consumer.on_task_request)
+        consumer.on_task_request = gated(self.gate, consumer.on_task_request, consumer.timer)
         # Every worker of an installed app takes control tasks, whatever its -Q. Added
         # to the queues to consume before the task consumer is built: adding it once
         # the consumer runs races with messages already waiting (RabbitMQ delivers

@@ -1,7 +1,8 @@
 """The Celery app the worker tests run as `celery -A gateapp worker`, and publish with.
 
 Configured from the environment (:func:`make_app`), so that a subprocess worker
-matches its test: GATE_BROKER, GATE_REDIS, GATE_PREFIX, GATE_STATE_API,
+matches its test: GATE_BROKER, GATE_REDIS, GATE_STORE (the tenant state's Redis, if
+not GATE_REDIS), GATE_PREFIX, GATE_STATE_API,
 GATE_ACKS_LATE, GATE_PREFETCH, GATE_MIN_TTL, GATE_SWEEP. Every body that runs
 appends a JSON line to the Redis list `{prefix}:ran`.
 """
@@ -25,7 +26,7 @@ def make_app(env: Mapping[str, str]) -> Celery:
     redis_url = env.get("GATE_REDIS", "redis://127.0.0.1:6379/0")
     app = Celery("gateapp", broker=env.get("GATE_BROKER", redis_url), set_as_current=False)
     app.conf.update(
-        tenant_gate_redis_url=redis_url,
+        tenant_gate_redis_url=env.get("GATE_STORE") or redis_url,
         tenant_gate_key_prefix=prefix,
         tenant_gate_state_api_url=env.get("GATE_STATE_API", "http://127.0.0.1:9/api/state"),
         tenant_gate_state_api_retries=0,

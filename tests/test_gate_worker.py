@@ -6,6 +6,7 @@ Bodies are counted in a Redis list, so "0 bodies ran" is measured, not assumed.
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 import gateapp
@@ -18,6 +19,7 @@ from celery_tenant_gate import InvalidTenantId
 from celery_tenant_gate.deadletters import INVALID_TENANT
 from celery_tenant_gate.gate import Gate
 from celery_tenant_gate.testing import FakeSuperOffice
+from celery_tenant_gate.worker import REQUEUE_DELAY
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
 
@@ -326,3 +328,43 @@ def test_kill_9_while_holding_loses_no_task(
 def _now(harness: Harness) -> float:
     seconds, micros = harness.client.time()
     return float(seconds) + micros / 1e6
+
+
+def test_a_task_that_cannot_be_held_waits_in_the_broker_and_is_held_later(
+    env: dict[str, str], harness: Harness, superoffice: FakeSuperOffice
+) -> None:
+    # The tenant is paused, and the tenant-state Redis refuses the worker (here: a
+    # password appears and its connections are dropped). The gate cannot record the
+    # hold, so it neither runs nor loses the task: back to the broker after a pause,
+    # again and again (the event loop goes on), until the store answers.
+    from celery_tenant_gate.testing import EmbeddedRedis
+
+    superoffice.set_state("Cust1", "Running")
+    with EmbeddedRedis() as store:
+        app = _app({**env, "GATE_STORE": store.url})
+        gate = _gate(app)
+        work = app.tasks["gateapp.work"]
+        worker = harness.worker("solo", GATE_STORE=store.url)
+        gate.pause("Cust1", "before the store breaks")
+        first = work.delay("Cust1", 0).id
+        wait_until(lambda: gate.state("Cust1").held == 1, what="the first task held")
+
+        admin = redis.Redis.from_url(store.url)
+        admin.config_set("requirepass", "changed")
+        admin.client_kill_filter(_type="normal", skipme=False)
+        broken_at = time.monotonic()
+        sent = {work.delay("Cust1", n).id for n in range(1, 4)}
+        wait_until(lambda: worker.log.count("could not screen") >= 6, what="requeued, again")
+        assert harness.ran_now() == []  # neither run...
+
+        healed = redis.Redis.from_url(store.url, password="changed")
+        healed.config_set("requirepass", "")
+        broken_for = time.monotonic() - broken_at
+        gate = _gate(_app({**env, "GATE_STORE": store.url}))  # ours was dropped too
+        wait_until(lambda: gate.state("Cust1").held == 4, what="...nor lost: all held")
+        requeues = worker.log.count("could not screen")
+        gate.resume("Cust1")
+        harness.wait_ids({first, *sent})
+    assert sorted(r["n"] for r in harness.ran_now()) == [0, 1, 2, 3]  # each exactly once
+    # Not a hot loop: each requeue waited REQUEUE_DELAY (3 tasks, while broken).
+    assert requeues <= 3 * (broken_for / REQUEUE_DELAY + 2), (requeues, broken_for)
