@@ -56,6 +56,12 @@ class CircuitBreaker:
             self._opened_at = None
             self._trial_running = False
 
+    def after_fork(self) -> None:
+        """In a forked child: a new lock (the parent's may have been held by a thread
+        that does not exist here), and no trial call (the parent's never ends here)."""
+        self._lock = threading.Lock()
+        self._trial_running = False
+
     def record_failure(self) -> None:
         with self._lock:
             self._failures += 1

@@ -268,6 +268,8 @@ class TenantStates:
         self.cache = LocalCache(self.config.local_cache_size)
         self._last_seen = {}
         self.client.forget_connections()
+        if self.client.breaker is not None:
+            self.client.breaker.after_fork()
 
 
 _INSTANCES: weakref.WeakSet[TenantStates] = weakref.WeakSet()

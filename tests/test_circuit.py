@@ -1,3 +1,5 @@
+from typing import Any
+
 from celery_tenant_gate.circuit import CircuitBreaker
 
 
@@ -47,3 +49,41 @@ def test_threshold_zero_never_opens() -> None:
     for _ in range(100):
         breaker.record_failure()
     assert breaker.allow()
+
+
+def test_a_forked_child_is_not_stuck_behind_the_parents_trial_or_lock(states: Any) -> None:
+    # A prefork child is forked while another thread of the parent is in the middle
+    # of a trial call, holding the breaker's lock: in the child that thread does not
+    # exist, so neither the lock nor the trial would ever be released there.
+    import os
+    import threading
+    import time
+
+    breaker = states.client.breaker
+    for _ in range(breaker.threshold):
+        breaker.record_failure()
+    breaker._opened_at -= breaker.reset_timeout  # its reset timeout has passed
+    assert breaker.allow()  # the parent's trial call is running...
+    holder = threading.Thread(target=breaker._lock.acquire)  # ...holding the lock
+    holder.start()
+    holder.join()
+    try:
+        pid = os.fork()  # TenantStates resets itself in the child (os.register_at_fork)
+        if pid == 0:
+            code = 1
+            try:  # the child gets its own trial, without hanging on the lock
+                code = 0 if breaker.allow() and not breaker.allow() else 2
+            finally:
+                os._exit(code)
+        deadline = time.monotonic() + 10
+        done, status = os.waitpid(pid, os.WNOHANG)
+        while not done and time.monotonic() < deadline:
+            time.sleep(0.01)  # a child's exit is not announced to a thread: poll it
+            done, status = os.waitpid(pid, os.WNOHANG)
+        if not done:
+            os.kill(pid, 9)
+            os.waitpid(pid, 0)
+            raise AssertionError("the child hung on the parent's breaker lock")
+        assert os.waitstatus_to_exitcode(status) == 0
+    finally:
+        breaker._lock.release()
