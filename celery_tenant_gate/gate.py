@@ -312,7 +312,12 @@ class Gate:
             return ""
         now = self._clock()
         if record.deleted:
-            return _say("dropped", self.purge(ctx, reason="tenant deleted"))
+            dropped = self.purge(ctx, reason="tenant deleted")
+            if self.held_queues.count(self.queue_for(ctx)) == 0:
+                # Its tasks are dropped as they come from now on: nothing is left to
+                # sweep, so sweeps do not grow with the tenants ever deleted.
+                self.states.store.retire(ctx)
+            return _say("dropped", dropped)
         if record.delete_after and now >= record.delete_after:
             return f"deleted unconfirmed, dropped {self.mark_deleted(ctx, 'Delete')}"
         waiting = record.paused_by == "webhook" and now < record.resume_not_before

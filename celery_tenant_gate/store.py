@@ -198,6 +198,14 @@ class StateStore:
     def unmark_held(self, context_id: str) -> None:
         self.client.zrem(self.held_key, context_id)
 
+    def retire(self, context_id: str) -> None:
+        """Take a deleted tenant out of the paused and held indexes (its record, which
+        says deleted, stays): sweeps stop visiting it."""
+        pipe = self.client.pipeline(transaction=True)
+        pipe.zrem(self.paused_key, context_id)
+        pipe.zrem(self.held_key, context_id)
+        pipe.execute()
+
     def held_tenants(self) -> dict[str, float]:
         """Tenants whose queue may hold messages, with when it was last held or released."""
         items: list[Any] = self.client.zrange(self.held_key, 0, -1, withscores=True)

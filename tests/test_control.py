@@ -139,6 +139,16 @@ def test_delete_drops_everything_and_counts_it(
     wait_until(lambda: gate.dead.count("Cust3") == 8, what="new work dropped too")
     assert harness.ran_now() == []
     assert gate.state("Cust3").held == 0
+    # Sweeps stop visiting it (they would grow with every tenant ever deleted); its
+    # record still says deleted, so its work keeps being dropped.
+    store = gate.states.store
+    wait_until(
+        lambda: "Cust3" not in store.paused() and "Cust3" not in store.held_tenants(),
+        what="a deleted tenant no longer swept",
+    )
+    work.delay("Cust3", 8)
+    wait_until(lambda: gate.dead.count("Cust3") == 9, what="still dropped")
+    assert harness.ran_now() == []
 
 
 def test_an_unconfirmed_delete_drops_after_the_timeout(
