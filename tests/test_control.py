@@ -286,3 +286,30 @@ def test_shuffled_and_duplicated_notifications_end_as_the_state_api_says(
             print(ctx, final[ctx], gate.states.policy.decide(record, time.time()), record)
         print(harness.workers[0].log[-5000:])
         raise
+
+
+def test_sweeps_watch_an_emptied_tenant_queue_until_the_forget_time(
+    env: dict[str, str], superoffice: FakeSuperOffice, redis_client: Any
+) -> None:
+    # A released task that the broker puts back (its worker was killed before acking
+    # it) can land in its tenant queue again after the queue was emptied: sweeps keep
+    # looking at the queue for tenant_gate_held_forget_after, and release it again.
+    superoffice.set_state("Cust1", "Running")
+    superoffice.set_state("Cust2", "Running")
+    app = gateapp.make_app(env)
+    gate = gate_for(app)
+    store = gate.states.store
+    now = time.time()
+    forget_after = gate.config.held_forget_after
+    store.mark_held("Cust1", now - forget_after - 1)  # emptied long ago
+    store.mark_held("Cust2", now - 10)  # emptied just now
+
+    gate.sweep()
+    assert set(store.held_tenants()) == {"Cust2"}  # Cust1 is forgotten, Cust2 watched
+
+    # The broker puts a released task of Cust2 back where it was consumed from.
+    app.tasks["gateapp.work"].apply_async(("Cust2", 1), queue=gate.queue_for("Cust2"))
+    assert gate.state("Cust2").held == 1
+    assert "Cust2" in gate.sweep()  # released again
+    assert gate.state("Cust2").held == 0
+    assert redis_client.llen(f"{env['GATE_PREFIX']}:q.work") == 1
