@@ -90,7 +90,7 @@ class Gate:
         except InvalidTenantId as exc:
             self._dead_letter(INVALID_TENANT, _raw_of(message), f"invalid tenant: {exc}")
             return Verdict.DROP
-        verdict = self.states.verdict(ctx)
+        verdict = self.states.verdict(ctx, wait=False)
         if verdict is Verdict.HOLD:
             queue = self.queue_for(ctx)
             # Noted before publishing: if Redis cannot take it, nothing is published
@@ -115,7 +115,7 @@ class Gate:
                 task.request.args, task.request.kwargs, task.tenant_arg, task._tenant_arg_index()
             )
         ctx = validate_tenant_id(raw, self._pattern)
-        verdict = self.states.verdict(ctx)
+        verdict = self.states.verdict(ctx, wait=False)
         if verdict is Verdict.HOLD:
             queue = self.queue_for(ctx)
             self.states.store.mark_held(ctx, self._clock())

@@ -2,7 +2,9 @@
 API, asked by one process at a time per tenant.
 
 The hot path (:meth:`TenantStates.verdict` on a cached tenant) is one dict look-up
-and one clock read. Everything else happens on a miss.
+and one clock read. Everything else happens on a miss. The worker's consumer asks
+with ``wait=False``: a stored answer that is due is used (within its grace) while a
+background thread asks the State API, so the event loop never waits on HTTP.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import redis
@@ -24,7 +27,7 @@ from .ids import compile_pattern, validate_tenant_id
 from .record import Source, TenantRecord
 from .state_api import StateClient
 from .states import TenantState
-from .store import StateStore
+from .store import StateStore, connect
 from .verdicts import Verdict
 
 logger = logging.getLogger(__name__)
@@ -65,26 +68,32 @@ class TenantStates:
         self._last_seen: dict[str, TenantRecord] = {}
         self._listener: ChangeListener | None = None
         self._listener_lock = threading.Lock()
+        self._refresher: ThreadPoolExecutor | None = None
+        self._refreshing: set[str] = set()
+        self._refresh_lock = threading.Lock()
         _INSTANCES.add(self)
 
     @classmethod
     def from_config(cls, config: GateConfig, client: redis.Redis | None = None) -> TenantStates:
         if client is None:
-            client = redis.Redis.from_url(config.require_redis_url(), health_check_interval=30)
+            client = connect(config.require_redis_url())
         return cls(StateStore(client, config.key_prefix), StateClient.from_config(config), config)
 
     # -- the hot path -------------------------------------------------------------
 
-    def verdict(self, context_id: str) -> Verdict:
+    def verdict(self, context_id: str, *, wait: bool = True) -> Verdict:
         """Run, hold or drop, for a task of *context_id*, now.
 
-        Never raises for a State API or Redis failure: the failure policy decides.
-        Raises :class:`~celery_tenant_gate.errors.InvalidTenantId` for a malformed id.
+        With ``wait=False``, a stored answer that is due is used as it is (the policy's
+        grace period applies) while a background thread asks the State API; only a
+        tenant never seen is asked at once. Never raises for a State API or Redis
+        failure: the failure policy decides. Raises
+        :class:`~celery_tenant_gate.errors.InvalidTenantId` for a malformed id.
         """
         entry = self.cache.entries.get(context_id)
         if entry is not None and entry[0] > self._clock():
             return entry[1].verdict
-        return self._lookup(context_id).verdict
+        return self._lookup(context_id, wait=wait).verdict
 
     def may_run(self, context_id: str) -> bool:
         return self.verdict(context_id) is Verdict.RUN
@@ -141,16 +150,29 @@ class TenantStates:
             listener, self._listener = self._listener, None
         if listener is not None:
             listener.stop()
+        with self._refresh_lock:
+            refresher, self._refresher = self._refresher, None
+        if refresher is not None:
+            refresher.shutdown(wait=False)
         self.cache.reset(enabled=False)
 
     # -- the slow path ------------------------------------------------------------
 
-    def _lookup(self, context_id: str) -> Known:
+    def _lookup(self, context_id: str, *, wait: bool = True) -> Known:
         ctx = validate_tenant_id(context_id, self._pattern)
         self._ensure_listening()
         token = self.cache.token(ctx)
         try:
             record = self.store.get(ctx)
+            if record is not None and record.is_due(self._clock()) and not wait:
+                # Decide from what is stored; the new answer, once stored, is
+                # announced and replaces this one in every process's cache.
+                self._refresh_later(ctx, record)
+                now = self._clock()
+                known = Known(self.policy.decide(record, now), record)
+                self._last_seen[ctx] = record
+                self.cache.put(ctx, token, now + self.config.min_ttl, known)
+                return known
             if record is None or record.is_due(self._clock()):
                 record = self._refresh_shared(ctx, record)
         except redis.RedisError as exc:
@@ -174,6 +196,26 @@ class TenantStates:
                 expires = min(expires, changes_at)
             self.cache.put(ctx, token, expires, known)
         return known
+
+    def _refresh_later(self, ctx: str, known: TenantRecord) -> None:
+        """Ask the State API for *ctx* in a background thread (once at a time)."""
+        with self._refresh_lock:
+            if ctx in self._refreshing:
+                return
+            self._refreshing.add(ctx)
+            if self._refresher is None:
+                self._refresher = ThreadPoolExecutor(2, thread_name_prefix="tenant-gate-refresh")
+            refresher = self._refresher
+        refresher.submit(self._refresh_in_background, ctx, known)
+
+    def _refresh_in_background(self, ctx: str, known: TenantRecord) -> None:
+        try:
+            self._refresh_shared(ctx, known)
+        except Exception:  # a background thread has no caller to tell
+            logger.exception("tenant-gate: refreshing the state of %s failed", ctx)
+        finally:
+            with self._refresh_lock:
+                self._refreshing.discard(ctx)
 
     def _refresh_shared(self, ctx: str, known: TenantRecord | None) -> TenantRecord | None:
         """Get a current record, asking the State API only if no other process is."""
@@ -265,6 +307,9 @@ class TenantStates:
         # changes from now on: start over.
         self._listener = None
         self._listener_lock = threading.Lock()
+        self._refresher = None  # the parent's threads do not exist here
+        self._refreshing = set()
+        self._refresh_lock = threading.Lock()
         self.cache = LocalCache(self.config.local_cache_size)
         self._last_seen = {}
         self.client.forget_connections()

@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 import redis
+from workers import wait_until
 
 from celery_tenant_gate.config import GateConfig
 from celery_tenant_gate.lookup import TenantStates
@@ -91,6 +92,32 @@ def test_the_answer_expires_at_valid_until_then_the_api_is_asked_again(
         superoffice.set_state("Cust1", "OfflineMaintenance", valid_for=120)
         clock.now += 21
         assert states.verdict("Cust1") is Verdict.HOLD
+        assert superoffice.calls("Cust1") == 2
+    finally:
+        states.close()
+
+
+def test_without_waiting_a_due_answer_is_used_while_the_api_is_asked_in_the_background(
+    config: GateConfig, superoffice: FakeSuperOffice
+) -> None:
+    # The worker's consumer asks with wait=False: a slow State API must not stall it.
+    clock = Clock()
+    states = _states(config, clock, min_ttl=5.0, max_ttl=900.0)
+    try:
+        superoffice.set_state("Cust1", "Running", valid_for=60)
+        assert states.verdict("Cust1", wait=False) is Verdict.RUN  # never seen: asked
+        superoffice.set_state("Cust1", "Suspended", valid_for=60, delay=3.0)
+        clock.now += 61  # due now, well within the grace period
+
+        # Answered from the stored record, without waiting 3 s for the State API
+        # (a call that waited would have returned the new answer: HOLD).
+        assert states.verdict("Cust1", wait=False) is Verdict.RUN
+        wait_until(lambda: superoffice.calls("Cust1") == 2, what="the background call")
+        assert states.verdict("Cust1", wait=False) is Verdict.RUN  # one call at a time
+        # Once stored, the new answer replaces the old one in the cache.
+        wait_until(
+            lambda: states.verdict("Cust1", wait=False) is Verdict.HOLD, what="the new answer"
+        )
         assert superoffice.calls("Cust1") == 2
     finally:
         states.close()
