@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -66,11 +68,31 @@ class Spread:
         )
 
 
-def timed(fn: Callable[[], object], repeats: int) -> list[float]:
-    """Seconds each of *repeats* calls of *fn* took."""
+def timed(
+    fn: Callable[[], object], repeats: int, before: Callable[[], object] | None = None
+) -> list[float]:
+    """Seconds each of *repeats* calls of *fn* took (*before()*, untimed, before each)."""
     times = []
     for _ in range(repeats):
+        if before is not None:
+            before()
         started = time.perf_counter()
         fn()
         times.append(time.perf_counter() - started)
     return times
+
+
+def alternating(rounds: int, measures: Mapping[str, Callable[[], T]]) -> dict[str, list[T]]:
+    """What each of *measures* returns, *rounds* times, in an order reversed every
+    round (A B, B A, A B, ...): on a shared machine, drift hits all of them alike."""
+    results: dict[str, list[T]] = {name: [] for name in measures}
+    order = list(measures.items())
+    for i in range(rounds):
+        for name, measure in order if i % 2 == 0 else order[::-1]:
+            results[name].append(measure())
+    return results
+
+
+def by_round(values: Mapping[str, Sequence[float]]) -> str:
+    """``plain 510 498; gated 505 490``: each series' rounds, for printing."""
+    return "; ".join(f"{name} {' '.join(f'{v:.0f}' for v in vs)}" for name, vs in values.items())
