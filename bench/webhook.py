@@ -179,10 +179,9 @@ def _run(main: Coroutine[Any, Any, list[float]]) -> list[float]:
     """Run *main* on uvloop when it is installed (a cheaper client), else asyncio."""
     try:
         import uvloop  # noqa: PLC0415 - optional
-
-        return uvloop.run(main)
     except ImportError:
         return asyncio.run(main)
+    return uvloop.run(main)
 
 
 def _cpu_seconds(pid: int) -> float:
