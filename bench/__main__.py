@@ -7,7 +7,7 @@ import json
 import sys
 from collections.abc import Callable
 
-from . import gate_overhead, gate_scale, lookup, release, webhook
+from . import gate_overhead, gate_scale, lookup, pause_latency, release, webhook
 from .results import Result
 
 BENCHMARKS: dict[str, Callable[..., list[Result]]] = {
@@ -16,6 +16,7 @@ BENCHMARKS: dict[str, Callable[..., list[Result]]] = {
     "gate_scale": gate_scale.run,
     "release": release.run,
     "webhook": webhook.run,
+    "pause_latency": pause_latency.run,
 }
 
 

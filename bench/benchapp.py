@@ -2,7 +2,8 @@
 
 Configured from the environment so the subprocess worker matches the benchmark
 process (which builds the same app with :func:`create_app`):
-TGBENCH_BROKER, TGBENCH_REDIS, TGBENCH_PREFIX, TGBENCH_STATE_API; and
+TGBENCH_BROKER, TGBENCH_REDIS, TGBENCH_PREFIX, TGBENCH_STATE_API; TGBENCH_REMOTE_CONTROL
+(``1``: the worker answers broadcasts such as ``cancel_consumer``; off by default); and
 TGBENCH_PARENT, the benchmark's pid: the worker exits when that process is gone.
 A worker sets ``{prefix}:ready:{pid}`` once it consumes.
 
@@ -33,7 +34,9 @@ DEFAULT_REDIS = "redis://127.0.0.1:6379/0"
 BLOCK_LIMIT = 300.0
 
 
-def create_app(broker: str, redis_url: str, prefix: str, state_api: str) -> Celery:
+def create_app(
+    broker: str, redis_url: str, prefix: str, state_api: str, remote_control: bool = False
+) -> Celery:
     """The benchmark app: settings, the gate, and the three tasks."""
     app = Celery("benchapp", broker=broker, set_as_current=False)
     app.conf.update(
@@ -47,7 +50,7 @@ def create_app(broker: str, redis_url: str, prefix: str, state_api: str) -> Cele
         tenant_gate_queue_template=f"{prefix}.tenant.{{ctx}}",
         task_default_queue=f"{prefix}.work",
         task_ignore_result=True,
-        worker_enable_remote_control=False,
+        worker_enable_remote_control=remote_control,
         worker_send_task_events=False,
         worker_hijack_root_logger=False,
         broker_connection_retry_on_startup=True,
@@ -113,6 +116,7 @@ def __getattr__(name: str) -> Any:
             redis_url=os.environ.get("TGBENCH_REDIS", DEFAULT_REDIS),
             prefix=os.environ.get("TGBENCH_PREFIX", "tgbench"),
             state_api=os.environ.get("TGBENCH_STATE_API", "http://127.0.0.1:9/api/state"),
+            remote_control=os.environ.get("TGBENCH_REMOTE_CONTROL") == "1",
         )
         # Says when the worker consumes (every consumer step started): only then
         # does the benchmark publish anything.

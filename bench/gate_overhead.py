@@ -18,11 +18,13 @@ Goal (issue 3): gated drain rate >= 0.95 x plain drain rate (medians of the roun
 from __future__ import annotations
 
 import statistics
+from collections.abc import Callable
 from contextlib import ExitStack
+from typing import Any
 
 from celery_tenant_gate.testing import EmbeddedRedis, FakeSuperOffice
 
-from .results import Result
+from .results import Result, alternating, by_round
 from .workers import AMQP_URL, Namespace, amqp_reachable, running, shown
 
 GOAL = 0.95
@@ -37,26 +39,26 @@ def _measure(
     try:
         ns.learn_running(TENANTS)
         timeout = 60 + per_round / 50  # a drain far slower than 50 tasks/s is broken
-        rates: dict[str, list[float]] = {"plain": [], "gated": []}
         with running(ns) as worker:
 
             def both(into: str, n: int = 200) -> None:
                 ns.publish(ns.plain, TENANTS, n, into)
                 ns.publish(ns.gated, TENANTS, n, into)
 
+            def drain(task: Any) -> Callable[[], float]:
+                return lambda: ns.timed_drain(
+                    worker,
+                    lambda into: ns.publish(task, TENANTS, per_round, into),
+                    per_round,
+                    timeout,
+                )
+
             ns.timed_drain(worker, both, 400, timeout)  # warm-up, untimed
-            kinds = [("plain", ns.plain), ("gated", ns.gated)]
-            for i in range(rounds):  # plain gated, gated plain, ...: drift hits both alike
-                for kind, task in kinds if i % 2 == 0 else kinds[::-1]:
-                    rate = ns.timed_drain(
-                        worker,
-                        lambda into, task=task: ns.publish(task, TENANTS, per_round, into),
-                        per_round,
-                        timeout,
-                    )
-                    rates[kind].append(rate)
-        by_round = "; ".join(f"{k} {' '.join(f'{r:.0f}' for r in v)}" for k, v in rates.items())
-        print(f"  gate.overhead.{label}: {rounds} x {per_round} tasks a kind; tasks/s: {by_round}")
+            rates = alternating(rounds, {"plain": drain(ns.plain), "gated": drain(ns.gated)})
+        print(
+            f"  gate.overhead.{label}: {rounds} x {per_round} tasks a kind; "
+            f"tasks/s: {by_round(rates)}"
+        )
         if ns.stalls:
             print(f"    stalls (s): {' '.join(f'{g:.1f}' for g in ns.stalls)}")
     finally:

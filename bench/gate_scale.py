@@ -26,7 +26,7 @@ from contextlib import ExitStack
 
 from celery_tenant_gate.testing import EmbeddedRedis, FakeSuperOffice
 
-from .results import Result
+from .results import Result, alternating, by_round
 from .workers import Namespace, running
 
 GOAL = 0.9
@@ -74,7 +74,6 @@ def _measure(
                 held = many.gate.state(ctx).held
                 assert held == 1, f"{ctx} holds {held} task(s), not 1"
 
-            rates: dict[str, list[float]] = {"one": [], "many": []}
             offset = 0
 
             def one_round() -> float:
@@ -86,7 +85,8 @@ def _measure(
                 )
 
             def many_round() -> float:
-                start = offset
+                nonlocal offset
+                start, offset = offset, offset + per_round
                 return many.timed_drain(
                     many_worker,
                     lambda into: many.publish(many.gated, runners, per_round, into, start),
@@ -94,18 +94,10 @@ def _measure(
                     timeout,
                 )
 
-            for i in range(rounds):
-                if i % 2 == 0:
-                    rates["one"].append(one_round())
-                    rates["many"].append(many_round())
-                else:
-                    rates["many"].append(many_round())
-                    rates["one"].append(one_round())
-                offset += per_round
-        by_round = "; ".join(f"{k} {' '.join(f'{r:.0f}' for r in v)}" for k, v in rates.items())
+            rates = alternating(rounds, {"one": one_round, "many": many_round})
         print(
             f"  gate.scale.{label}: {tenants} tenants ({paused} paused), "
-            f"{rounds} x {per_round} tasks a world; tasks/s: {by_round}"
+            f"{rounds} x {per_round} tasks a world; tasks/s: {by_round(rates)}"
         )
         if one.stalls or many.stalls:
             stalls = " ".join(f"{g:.1f}" for g in one.stalls + many.stalls)

@@ -5,7 +5,6 @@ Goal (issue 2): under 5 microseconds a call, and under 1/20 of a Redis GET.
 
 from __future__ import annotations
 
-import time
 import uuid
 from collections.abc import Callable
 from contextlib import ExitStack
@@ -16,18 +15,17 @@ from celery_tenant_gate.config import GateConfig
 from celery_tenant_gate.lookup import TenantStates
 from celery_tenant_gate.testing import EmbeddedRedis, FakeSuperOffice
 
-from .results import Result
+from .results import Result, timed
 
 
 def _per_call_us(fn: Callable[[], object], calls: int, repeats: int = 5) -> float:
     """Best of *repeats* runs, in microseconds a call."""
-    best = float("inf")
-    for _ in range(repeats):
-        started = time.perf_counter()
+
+    def loop() -> None:
         for _ in range(calls):
             fn()
-        best = min(best, (time.perf_counter() - started) / calls)
-    return best * 1e6
+
+    return min(timed(loop, repeats)) / calls * 1e6
 
 
 def run(redis_url: str | None = None, quick: bool = False) -> list[Result]:

@@ -30,7 +30,7 @@ from celery_tenant_gate.held import HeldMessage
 from celery_tenant_gate.holding import tenant_queue
 from celery_tenant_gate.testing import EmbeddedRedis, FakeSuperOffice
 
-from .results import Result
+from .results import Result, timed
 from .workers import AMQP_URL, Namespace, amqp_reachable, amqp_ready_count, running, shown
 
 GOAL_SECONDS = 2.0
@@ -81,14 +81,15 @@ def _redis_baseline(ns: Namespace, count: int) -> float:
     pipe.execute()
     move = ns.redis.register_script(_LMOVE_ALL)
     move(keys=[dst, src], args=[0])  # loads the script
-    times = []
-    for _ in range(REPEATS):
-        started = time.perf_counter()
-        moved = move(keys=[src, dst], args=[count])
-        times.append(time.perf_counter() - started)
+    lists = [src, dst]
+
+    def move_all() -> None:
+        moved = move(keys=lists, args=[count])
         assert moved == count
-        src, dst = dst, src
-    ns.redis.delete(src, dst)
+        lists.reverse()  # and back again next time
+
+    times = timed(move_all, REPEATS)
+    ns.redis.delete(*lists)
     return statistics.median(times)
 
 
@@ -120,7 +121,6 @@ class _Confirms:
 def _amqp_baseline(ns: Namespace, sample: HeldMessage, count: int) -> float:
     """Seconds for kombu to publish *count* copies of *sample*, confirmed by batches."""
     queue = tenant_queue(f"{ns.prefix}.raw")
-    times = []
     with Connection(ns.broker, connect_timeout=5) as conn:
         conn.ensure_connection(max_retries=3)
         channel: Any = conn.channel()
@@ -128,9 +128,8 @@ def _amqp_baseline(ns: Namespace, sample: HeldMessage, count: int) -> float:
             queue(channel).declare()
             confirms = _Confirms(channel)
             producer = Producer(channel)
-            for _ in range(REPEATS):
-                channel.queue_purge(queue.name)
-                started = time.perf_counter()
+
+            def publish_all() -> None:
                 for first in range(0, count, BATCH):
                     for _ in range(min(BATCH, count - first)):
                         producer.publish(
@@ -149,8 +148,9 @@ def _amqp_baseline(ns: Namespace, sample: HeldMessage, count: int) -> float:
                             raise TimeoutError("RabbitMQ did not confirm within 30 s")
                         with contextlib.suppress(TimeoutError):
                             conn.drain_events(timeout=1)
-                times.append(time.perf_counter() - started)
                 assert confirms.nacked == 0, f"RabbitMQ refused {confirms.nacked} message(s)"
+
+            times = timed(publish_all, REPEATS, before=lambda: channel.queue_purge(queue.name))
             assert amqp_ready_count(ns.broker, queue.name) == count
         finally:
             with contextlib.suppress(Exception):

@@ -11,6 +11,7 @@ import contextlib
 import itertools
 import os
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -68,9 +69,13 @@ class Namespace:
     redis_url: str
     state_api: str
     prefix: str = field(default_factory=new_prefix)
+    #: Whether the workers answer broadcasts (``cancel_consumer``, ...).
+    remote_control: bool = False
 
     def __post_init__(self) -> None:
-        self.app = benchapp.create_app(self.broker, self.redis_url, self.prefix, self.state_api)
+        self.app = benchapp.create_app(
+            self.broker, self.redis_url, self.prefix, self.state_api, self.remote_control
+        )
         self.gate: Gate = install(self.app)
         self.gated, self.plain, self.block = benchapp.tasks(self.app)
         self.redis = redis.Redis.from_url(self.redis_url)
@@ -93,6 +98,7 @@ class Namespace:
             "TGBENCH_PREFIX": self.prefix,
             "TGBENCH_STATE_API": self.state_api,
             "TGBENCH_PARENT": str(os.getpid()),
+            "TGBENCH_REMOTE_CONTROL": "1" if self.remote_control else "0",
         }
 
     # -- tenants ------------------------------------------------------------------
@@ -235,9 +241,10 @@ class Worker:
             prefix="tgbench-worker-", suffix=".log", delete=False
         )
         self.process: subprocess.Popen[bytes] | None = None
+        #: Its node name, as broadcasts' ``destination`` takes it.
+        self.name = f"tgbench-{uuid.uuid4().hex[:8]}@{socket.gethostname()}"
 
     def start(self) -> Worker:
-        name = f"tgbench-{uuid.uuid4().hex[:8]}@%h"
         self.process = subprocess.Popen(
             [
                 sys.executable,
@@ -251,7 +258,7 @@ class Worker:
                 "-Q",
                 self.queue,
                 "-n",
-                name,
+                self.name,
                 "-l",
                 "WARNING",
                 "--without-heartbeat",

@@ -6,9 +6,11 @@ worker side: this module imports none of it (no gate, look-up, task or worker).
 
 from __future__ import annotations
 
+import contextlib
 import math
 import threading
 import time
+import uuid
 from typing import Any
 
 import redis
@@ -62,14 +64,10 @@ def _make_receiver(app: Any, config: GateConfig) -> WebhookReceiver:
     def forget(fingerprint: str) -> None:
         client.delete(f"{prefix}:seen:{fingerprint}")
 
+    sender = ControlSender(app, config.control_queue)
+
     def enqueue(notification: Notification, claims: dict[str, Any]) -> None:
-        app.send_task(
-            CONTROL_TASK,
-            kwargs=control_kwargs(notification, claims),
-            queue=config.control_queue,
-            retry=True,
-            retry_policy={"max_retries": 2},
-        )
+        sender.send(control_kwargs(notification, claims))
 
     return WebhookReceiver(
         verifier,
@@ -79,6 +77,74 @@ def _make_receiver(app: Any, config: GateConfig) -> WebhookReceiver:
         max_body=config.webhook_max_body,
         pattern=compile_pattern(config.tenant_id_pattern),
     )
+
+
+class ControlSender:
+    """Sends the control task to the control queue, as ``app.send_task`` would, doing
+    once what need not be done for each notification (``python -m bench webhook``).
+
+    - Producers are kept with their channel, one a sending thread at a time, on
+      connections of their own. A producer of the app's pool loses its channel when
+      given back, so each send through it opened a channel again (on Redis, a
+      ``PING`` round trip).
+    - The route to the control queue is worked out once.
+    - ``kwargsrepr`` is a plain ``repr`` (cut at Celery's limit) instead of Celery's
+      ``saferepr``, which costs more than the rest of the message.
+    - No result is waited for, so the result backend is not asked to follow one.
+
+    Publishing retries twice after a lost connection; if that fails the error is
+    raised (the webhook answers 503) and the producer is thrown away.
+    """
+
+    #: Most idle producers kept; more concurrent senders get throw-away ones.
+    KEEP = 16
+
+    def __init__(self, app: Any, queue: str) -> None:
+        self.app = app
+        self._route = app.amqp.router.route({"queue": queue}, CONTROL_TASK, (), {}, None)
+        self._idle: list[Any] = []
+        self._lock = threading.Lock()
+
+    def send(self, kwargs: dict[str, Any]) -> str:
+        """Publish one control task with *kwargs*; its task id."""
+        amqp = self.app.amqp
+        task_id = str(uuid.uuid4())
+        kwargsrepr = repr(kwargs)
+        if len(kwargsrepr) > amqp.kwargsrepr_maxsize:
+            kwargsrepr = kwargsrepr[: amqp.kwargsrepr_maxsize - 3] + "..."
+        message = amqp.create_task_message(
+            task_id, CONTROL_TASK, (), kwargs, argsrepr="()", kwargsrepr=kwargsrepr
+        )
+        producer = self._take()
+        try:
+            amqp.send_task_message(
+                producer,
+                CONTROL_TASK,
+                message,
+                retry=True,
+                retry_policy={"max_retries": 2},
+                **self._route,
+            )
+        except BaseException:
+            with contextlib.suppress(Exception):
+                producer.connection.close()
+            raise
+        self._give_back(producer)
+        return task_id
+
+    def _take(self) -> Any:
+        with self._lock:
+            if self._idle:
+                return self._idle.pop()
+        return self.app.amqp.Producer(self.app.connection_for_write(), auto_declare=False)
+
+    def _give_back(self, producer: Any) -> None:
+        with self._lock:
+            if len(self._idle) < self.KEEP:
+                self._idle.append(producer)
+                return
+        with contextlib.suppress(Exception):
+            producer.connection.close()
 
 
 def control_kwargs(notification: Notification, claims: dict[str, Any]) -> dict[str, Any]:

@@ -553,6 +553,35 @@ def test_the_control_task_is_sent_to_the_control_queue(
     }
 
 
+def test_an_unreachable_broker_is_503_and_the_notification_is_not_remembered(
+    celery_app: Celery, superoffice: FakeSuperOffice, redis_client: redis.Redis, key_prefix: str
+) -> None:
+    celery_app.conf.broker_url = "redis://127.0.0.1:1/0"  # nothing listens on port 1
+    with served("wsgi", receiver_for(celery_app)) as address:
+        response = post(address, superoffice.notification(CTX, 2))
+    assert response.status_code == 503
+    assert list(redis_client.scan_iter(f"{key_prefix}:seen:*")) == []
+
+
+def test_the_kept_broker_connections_survive_the_broker_dropping_them(
+    celery_app: Celery, superoffice: FakeSuperOffice
+) -> None:
+    from celery_tenant_gate.testing import EmbeddedRedis
+
+    with EmbeddedRedis() as broker:
+        celery_app.conf.broker_url = broker.url
+        queue_name = celery_app.conf.tenant_gate_control_queue
+        client = redis.Redis.from_url(broker.url)
+        with served("asgi", receiver_for(celery_app)) as address:
+            for n in range(3):
+                assert post(address, superoffice.notification(f"Cust{n + 1}", 2)).status_code == 202
+            assert client.client_kill_filter(_type="normal", skipme=True) >= 1
+            for n in range(3, 6):
+                assert post(address, superoffice.notification(f"Cust{n + 1}", 2)).status_code == 202
+        assert client.llen(queue_name) == 6
+        client.close()
+
+
 def test_receiver_for_is_cached_on_the_app(celery_app: Celery) -> None:
     assert receiver_for(celery_app) is receiver_for(celery_app)
 
