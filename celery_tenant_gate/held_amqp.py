@@ -22,7 +22,8 @@ from kombu.connection import Connection
 
 from .carrier import ROUTE_HEADER
 from .errors import TenantGateError
-from .held import HeldMessage
+from .held import HeldMessage, OnMoved
+from .hooks import TaskRef
 
 __all__ = ["RELEASED_HEADER", "AmqpHeldQueues", "HeldMessage", "HeldReleaseError"]
 
@@ -57,6 +58,11 @@ class HeldReleaseError(TenantGateError):
         self.queue = queue
         self.moved = moved
         self.routes = routes
+
+
+def _ref(raw: Any, route: tuple[str, str]) -> TaskRef:
+    headers = (raw.properties or {}).get("application_headers") or {}
+    return TaskRef(str(headers.get("id", "")), str(headers.get("task", "")), route[1])
 
 
 def held_from_amqp(raw: Any) -> HeldMessage:
@@ -269,7 +275,9 @@ class AmqpHeldQueues:
                 return exchange, routing_key
         return "", self.default_queue
 
-    def release(self, queue: str, *, marker: str, batch: int = 500) -> int:
+    def release(
+        self, queue: str, *, marker: str, batch: int = 500, on_moved: OnMoved | None = None
+    ) -> int:
         """Move every message of *queue* to where it was meant to go, oldest first.
 
         The destination is the exchange and routing key in the message's
@@ -285,6 +293,8 @@ class AmqpHeldQueues:
         to a missing exchange). The release stops at the end of that batch: such
         messages stay at the head of the tenant queue, in order (after a missing
         exchange, so does the rest of the batch); the others were moved.
+
+        *on_moved*, if given, is told the tasks of each batch once the broker has them.
         """
         if batch < 1:
             raise ValueError(f"batch must be at least 1, not {batch}")
@@ -293,7 +303,9 @@ class AmqpHeldQueues:
                 return 0
             consumer = _Consumer(connection, queue, prefetch=2 * batch)
             try:
-                return self._release(connection, consumer, queue=queue, marker=marker, batch=batch)
+                return self._release(
+                    connection, consumer, queue=queue, marker=marker, batch=batch, told=on_moved
+                )
             finally:
                 _close_channel(consumer.channel)
 
@@ -305,6 +317,7 @@ class AmqpHeldQueues:
         queue: str,
         marker: str,
         batch: int,
+        told: OnMoved | None = None,
     ) -> int:
         channel = consumer.channel
         confirms = _Confirms(channel)
@@ -347,6 +360,8 @@ class AmqpHeldQueues:
                 sent.append((confirms.sent(), raw, (exchange, routing_key)))
             failed = self._settle(channel, confirms, sent)
             moved += len(sent) - len(failed)
+            if told is not None:
+                told([_ref(raw, route) for _, raw, route in sent if route not in failed])
             if failed or unroutable:
                 # What was not acked goes back to the tenant queue, in place, when the
                 # channel closes.

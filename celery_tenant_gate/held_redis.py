@@ -15,7 +15,8 @@ from typing import Any
 
 import redis
 
-from .held import HeldMessage
+from .held import HeldMessage, OnMoved
+from .hooks import TaskRef
 
 SEP = "\x06\x16"
 PRIORITY_STEPS = ("", "3", "6", "9")
@@ -26,11 +27,16 @@ PRIORITY_STEPS = ("", "3", "6", "9")
 # sees half a release. The destination is read from the tenant_gate_route header,
 # through kombu's binding table for a named exchange.
 _RELEASE = """
-local src, sep, fallback = ARGV[1], ARGV[2], ARGV[3]
+local src, sep, fallback, tell = ARGV[1], ARGV[2], ARGV[3], ARGV[4] == '1'
 local cache = {}
+-- Only when asked (someone listens for task_released): who moved, as one string
+-- "id US name US queue" a task, joined by RS: one reply, cheap to read.
+local told, who, US, RS = {}, '', string.char(31), string.char(30)
+local function text(value) if type(value) == 'string' then return value end return '' end
 local function dest_for(raw)
     local ok, msg = pcall(cjson.decode, raw)
     if not ok or type(msg) ~= 'table' or type(msg.headers) ~= 'table' then return fallback end
+    if tell then who = text(msg.headers.id) .. US .. text(msg.headers.task) end
     local route = msg.headers.tenant_gate_route
     if type(route) ~= 'table' then return fallback end
     local ex, rk = route.exchange, route.routing_key
@@ -59,12 +65,15 @@ for _, step in ipairs({'', '3', '6', '9'}) do
     while true do
         local raw = redis.call('LPOP', key)
         if not raw then break end
+        who = US
         local dest = dest_for(raw)
+        if tell then told[#told + 1] = who .. US .. dest end
         if step ~= '' then dest = dest .. sep .. step end
         redis.call('RPUSH', dest, raw)
         moved = moved + 1
     end
 end
+if tell then return {moved, table.concat(told, RS)} end
 return moved
 """
 
@@ -114,9 +123,15 @@ class RedisHeldQueues:
             found.extend(decode(item) for item in reversed(raw))
         return found
 
-    def release(self, queue: str, *, marker: str = "") -> int:
-        moved: int = self._release(keys=[], args=[queue, SEP, self.default_queue])
-        return moved
+    def release(self, queue: str, *, marker: str = "", on_moved: OnMoved | None = None) -> int:
+        if on_moved is None:
+            moved: int = self._release(keys=[], args=[queue, SEP, self.default_queue, "0"])
+            return moved
+        moved, told = self._release(keys=[], args=[queue, SEP, self.default_queue, "1"])
+        records = told.decode().split("\x1e") if told else []
+        # The script moved them newest first; they are told in the order they run.
+        on_moved([TaskRef(*record.split("\x1f")) for record in reversed(records)])
+        return int(moved)
 
     def drain(self, queue: str, sink: Callable[[list[HeldMessage]], None], batch: int = 500) -> int:
         total = 0

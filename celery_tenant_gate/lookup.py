@@ -65,6 +65,8 @@ class TenantStates:
         self._last_seen: dict[str, TenantRecord] = {}
         self._listener: ChangeListener | None = None
         self._listener_lock = threading.Lock()
+        #: Look-ups the cache could not answer (for the metrics; hits are counted there).
+        self.misses = 0
         _INSTANCES.add(self)
 
     @classmethod
@@ -142,6 +144,7 @@ class TenantStates:
     # -- the slow path ------------------------------------------------------------
 
     def _lookup(self, context_id: str) -> Known:
+        self.misses += 1
         ctx = validate_tenant_id(context_id, self._pattern)
         self._ensure_listening()
         token = self.cache.token(ctx)
