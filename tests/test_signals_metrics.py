@@ -87,6 +87,14 @@ class EventLog:
         self._thread.join(10)
 
 
+def local_app(env: dict[str, str]) -> Any:
+    """The app for this process: it neither records signals nor serves metrics (the
+    workers do), so that nothing of this test stays connected in the test process."""
+    return gateapp.make_app(
+        {k: v for k, v in env.items() if k not in {"GATE_RECORD_SIGNALS", "GATE_METRICS_PORT"}}
+    )
+
+
 def recorded(client: redis.Redis, prefix: str) -> list[dict[str, Any]]:
     return [json.loads(item) for item in client.lrange(f"{prefix}:signals", 0, -1)]
 
@@ -119,7 +127,7 @@ def env(
 
 @pytest.fixture
 def events(env: dict[str, str]) -> Iterator[EventLog]:
-    log = EventLog(gateapp.make_app(env))
+    log = EventLog(local_app(env))
     yield log
     log.stop()
 
@@ -137,7 +145,7 @@ def test_a_run_is_told_by_signals_metrics_and_events(
     for ctx in ("Cust1", "Cust2"):
         superoffice.set_state(ctx, "Running", valid_for=60)
     superoffice.set_state("Cust3", "Deleted", valid_for=60)
-    app = gateapp.make_app(env)
+    app = local_app(env)
     gate = gate_for(app)
     work = app.tasks["gateapp.work"]
     worker = harness.worker("prefork", concurrency=2)
@@ -270,7 +278,7 @@ def test_released_tasks_are_told_on_rabbitmq(
         "GATE_METRICS_PORT": str(free_port()),
     }
     superoffice.set_state("Cust1", "Running", valid_for=60)
-    app = gateapp.make_app(env)
+    app = local_app(env)
     gate = gate_for(app)
     harness = Harness(env, redis_url)
     log = EventLog(app)
@@ -303,6 +311,38 @@ def test_released_tasks_are_told_on_rabbitmq(
                 f"{key_prefix}:q.control",
             ):
                 conn.default_channel.queue_delete(name)
+
+
+def test_a_redis_release_names_its_tasks_in_the_order_they_will_run(
+    redis_client: redis.Redis, key_prefix: str
+) -> None:
+    from celery_tenant_gate.held_redis import SEP, RedisHeldQueues
+    from celery_tenant_gate.hooks import TaskRef
+
+    tenant, work = f"{key_prefix}:tenant", f"{key_prefix}:work"
+
+    def held(task_id: str, priority: str = "") -> None:
+        route = {"exchange": "", "routing_key": work}
+        envelope = {"body": "", "headers": {"id": task_id, "task": "t", "tenant_gate_route": route}}
+        redis_client.lpush(tenant + (SEP + priority if priority else ""), json.dumps(envelope))
+
+    for n in range(3):  # kombu publishes with LPUSH: the oldest is at the right
+        held(f"a{n}")
+        held(f"p{n}", priority="6")
+    redis_client.lpush(tenant, "not a kombu message")  # moved to the default queue
+    told: list[list[TaskRef]] = []
+    queues = RedisHeldQueues(redis_client, default_queue=f"{key_prefix}:default")
+    assert queues.release(tenant, marker="m", on_moved=told.append) == 7
+    assert told == [
+        [TaskRef(f"a{n}", "t", work) for n in range(3)]
+        + [TaskRef("", "", f"{key_prefix}:default")]
+        + [TaskRef(f"p{n}", "t", work) for n in range(3)]
+    ]
+    # ... and that is the order a worker takes them in (BRPOP, priority 0 first).
+    taken = [redis_client.rpop(key) for key in (work, work, work)]
+    assert [json.loads(raw)["headers"]["id"] for raw in taken] == ["a0", "a1", "a2"]
+    assert queues.release(tenant, marker="m", on_moved=told.append) == 0
+    assert told[1] == []
 
 
 @pytest.fixture(scope="session")
@@ -351,7 +391,7 @@ def test_webhook_answers_are_counted_by_status(
             pass
 
     env.update(GATE_JWKS=superoffice.jwks_url, GATE_ISSUER=superoffice.issuer)
-    server = make_server("127.0.0.1", 0, make_wsgi_app(gateapp.make_app(env)), handler_class=Quiet)
+    server = make_server("127.0.0.1", 0, make_wsgi_app(local_app(env)), handler_class=Quiet)
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
     thread.start()
     url = f"http://127.0.0.1:{server.server_port}/"
