@@ -10,6 +10,7 @@ from urllib.parse import urlsplit
 
 import redis
 
+from . import metrics
 from .config import gate_config
 from .deadletters import DeadLetters
 from .errors import ConfigError
@@ -18,6 +19,7 @@ from .held import HeldQueues
 from .held_amqp import AmqpHeldQueues
 from .held_redis import RedisHeldQueues
 from .lookup import TenantStates
+from .observe import watch
 
 __all__ = ["gate_config", "gate_for", "held_queues_for", "tenant_states"]
 
@@ -38,7 +40,14 @@ def _cached(app: Any, attr: str, make: Callable[[], T]) -> T:
 
 def tenant_states(app: Any) -> TenantStates:
     """The app's :class:`TenantStates` (created on first use, one per process)."""
-    return _cached(app, "_tenant_gate_states", lambda: TenantStates.from_config(gate_config(app)))
+
+    def make() -> TenantStates:
+        config = gate_config(app)
+        if config.metrics:
+            metrics.enable()  # State API calls are counted from now on
+        return TenantStates.from_config(config)
+
+    return _cached(app, "_tenant_gate_states", make)
 
 
 def gate_for(app: Any) -> Gate:
@@ -47,13 +56,15 @@ def gate_for(app: Any) -> Gate:
     def make() -> Gate:
         config = gate_config(app)
         states = tenant_states(app)
-        return Gate(
+        gate = Gate(
             app,
             config,
             states,
             held_queues_for(app),
             DeadLetters(states.store.client, config.key_prefix, config.dead_letter_max),
         )
+        watch(gate)
+        return gate
 
     return _cached(app, "_tenant_gate", make)
 

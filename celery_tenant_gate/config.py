@@ -154,6 +154,21 @@ class GateConfig:
     local_cache_size: int = _setting(
         100_000, "Most tenants each process keeps in its in-memory cache."
     )
+    metrics: bool = _setting(
+        False,
+        "Prometheus metrics (`tenant_gate_*`) in every process of the app; needs "
+        "`pip install 'celery-tenant-gate[prometheus]'`. See Signals, logs and metrics.",
+    )
+    metrics_port: int | None = _setting(
+        None,
+        "Port on which each worker serves `/metrics` (from its main process; with "
+        "prefork, set `PROMETHEUS_MULTIPROC_DIR` so that pool processes are counted). "
+        "Unset: not served (expose prometheus_client's registry yourself).",
+    )
+    metrics_address: str = _setting(
+        "0.0.0.0",  # noqa: S104 -- Prometheus scrapes from another host
+        "Address the worker's `/metrics` server listens on.",
+    )
 
     @property
     def state_api_base(self) -> str:
@@ -209,6 +224,11 @@ class GateConfig:
         if "redis_url" not in kwargs and broker_url and _is_redis_url(broker_url):
             kwargs["redis_url"] = broker_url
         config = cls(**kwargs)
+        if config.metrics_port is not None and not config.metrics:
+            raise ConfigError(
+                f"{PREFIX}metrics_port is set but {PREFIX}metrics is off: "
+                f"set {PREFIX}metrics = True to serve metrics"
+            )
         if config.min_ttl > config.max_ttl:
             raise ConfigError(
                 f"{PREFIX}min_ttl ({config.min_ttl}) must not exceed {PREFIX}max_ttl "
@@ -295,10 +315,19 @@ def _count(key: str, value: Any) -> int:
 def _flag(key: str, value: Any) -> bool:
     if isinstance(value, bool):
         return value
-    words = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
-    if isinstance(value, (str, int)) and str(value).lower() in words:
-        return words[str(value).lower()]
-    raise ConfigError(f"{key} must be true or false, got {value!r}")
+    text = str(value).strip().lower() if isinstance(value, (str, int)) else None
+    if text in {"1", "true", "yes", "on"}:
+        return True
+    if text in {"0", "false", "no", "off"}:
+        return False
+    raise ConfigError(f"{key} must be True or False, got {value!r}")
+
+
+def _port(key: str, value: Any) -> int:
+    number = _count(key, value)
+    if not 1 <= number <= 65535:
+        raise ConfigError(f"{key} must be a TCP port (1 to 65535), got {value!r}")
+    return number
 
 
 def _text(key: str, value: Any) -> str:
@@ -413,4 +442,7 @@ _PARSERS: dict[str, Callable[[str, Any], Any]] = {
     "sweep_interval": _positive,
     "dead_letter_max": _count,
     "held_forget_after": _positive,
+    "metrics": _flag,
+    "metrics_port": _port,
+    "metrics_address": _text,
 }

@@ -6,10 +6,11 @@ One :class:`Gate` per app and process (see :func:`celery_tenant_gate.app.gate_fo
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -20,6 +21,7 @@ from .deadletters import INVALID_TENANT, DeadLetter, DeadLetters
 from .errors import InvalidTenantId
 from .held import HeldMessage, HeldQueues
 from .holding import ConfirmedProducers, destination_queue, hold_message, hold_request
+from .hooks import GateHooks, TaskRef
 from .ids import compile_pattern, validate_tenant_id
 from .lookup import TenantStates
 from .record import TenantRecord
@@ -60,6 +62,8 @@ class Gate:
         self.dead = dead
         self._clock = clock
         self._pattern = compile_pattern(config.tenant_id_pattern)
+        #: Told what the gate did (metrics, Celery task events); see :mod:`.hooks`.
+        self.hooks: list[GateHooks] = []
         # RabbitMQ: holds are confirmed by the broker before the original is acked.
         # (Redis answers every LPUSH: nothing to confirm.)
         transport = app.connection_for_write().transport_cls
@@ -88,7 +92,9 @@ class Gate:
         try:
             ctx = validate_tenant_id(raw, self._pattern)
         except InvalidTenantId as exc:
-            self._dead_letter(INVALID_TENANT, _raw_of(message), f"invalid tenant: {exc}")
+            invalid, reason = _raw_of(message), f"invalid tenant: {exc}"
+            self._dead_letter(INVALID_TENANT, invalid, reason)
+            self._dropped(INVALID_TENANT, [invalid], reason)
             return Verdict.DROP
         verdict = self.states.verdict(ctx, wait=False)
         if verdict is Verdict.HOLD:
@@ -132,6 +138,8 @@ class Gate:
                     content_encoding="utf-8",
                 ),
             )
+        elif self.hooks:
+            self._tell("on_run", ctx, task.name)
         return verdict
 
     def _after_hold(self, ctx: str, queue: str, headers: Any) -> None:
@@ -149,28 +157,48 @@ class Gate:
         if paused_now and self.states.set_paused(ctx, True, reason=reason, by="gate"):
             logger.info("tenant-gate: paused %s (%s)", ctx, reason)
             signals.tenant_paused.send(sender=ctx, context_id=ctx, reason=reason, by="gate")
-        task_id = (headers or {}).get("id", "")
-        logger.debug("tenant-gate: held task %s of %s in %s", task_id, ctx, queue)
+        task = TaskRef(
+            str((headers or {}).get("id", "")), str((headers or {}).get("task", "")), queue
+        )
+        logger.debug(
+            "tenant-gate: held task %s[%s] of %s in %s", task.task_name, task.task_id, ctx, queue
+        )
         signals.task_held.send(
             sender=ctx,
             context_id=ctx,
-            task_id=task_id,
-            task_name=(headers or {}).get("task", ""),
+            task_id=task.task_id,
+            task_name=task.task_name,
             queue=queue,
             reason=reason,
         )
+        if self.hooks:
+            self._tell("on_held", ctx, task, reason)
 
     def _drop(self, ctx: str, message: HeldMessage) -> None:
         record = self.states.record(ctx)
         reason = f"tenant dropped: {_why(record)}"
         self._dead_letter(ctx, message, reason)
-        signals.task_dropped.send(
-            sender=ctx,
-            context_id=ctx,
-            task_id=message.task_id,
-            task_name=message.task_name,
-            reason=reason,
-        )
+        self._dropped(ctx, [message], reason)
+
+    def _dropped(self, ctx: str, messages: Sequence[HeldMessage], reason: str) -> None:
+        for message in messages:
+            signals.task_dropped.send(
+                sender=ctx,
+                context_id=ctx,
+                task_id=message.task_id,
+                task_name=message.task_name,
+                reason=reason,
+            )
+        if self.hooks:
+            tasks = [TaskRef(m.task_id, m.task_name, "") for m in messages]
+            self._tell("on_dropped", ctx, tasks, reason)
+
+    def _tell(self, hook: str, *args: object) -> None:
+        for hooks in self.hooks:
+            try:
+                getattr(hooks, hook)(*args)
+            except Exception:
+                logger.exception("tenant-gate: %s.%s failed", type(hooks).__name__, hook)
 
     def _dead_letter(self, ctx: str, message: HeldMessage, reason: str) -> None:
         logger.warning(
@@ -207,7 +235,7 @@ class Gate:
             ctx, {"resume_not_before": "0", "delete_after": "0", "deleted": "0"}
         )
         self.states.set_paused(ctx, False, reason="")
-        released = self.release(ctx)
+        released = self._release(ctx)
         logger.info("tenant-gate: resumed %s, %d held task(s) released", ctx, released)
         signals.tenant_resumed.send(sender=ctx, context_id=ctx, released=released)
         return released
@@ -215,14 +243,38 @@ class Gate:
     def release(self, context_id: str) -> int:
         """Move the tenant's held tasks back to their queues (without unpausing)."""
         ctx = validate_tenant_id(context_id, self._pattern)
+        moved = self._release(ctx)
+        if moved:
+            logger.info("tenant-gate: released %d held task(s) of %s", moved, ctx)
+        return moved
+
+    def _release(self, ctx: str) -> int:
         queue = self.queue_for(ctx)
+        # Only when someone listens: naming every released task costs a little time.
+        listening = self.hooks or signals.task_released.receivers
+        told = functools.partial(self._released, ctx) if listening else None
         with self._moving(ctx):
-            moved = self.held_queues.release(queue, marker=uuid.uuid4().hex)
+            moved = self.held_queues.release(queue, marker=uuid.uuid4().hex, on_moved=told)
             # Kept in the held set for a while: a released message that the broker
             # requeues (a worker restarted or killed before acking it) goes back to
             # the tenant queue, and the sweep must find it there.
             self.states.store.mark_held(ctx, self._clock())
         return moved
+
+    def _released(self, ctx: str, tasks: list[TaskRef]) -> None:
+        for task in tasks:
+            logger.debug(
+                "tenant-gate: released task %s[%s] of %s", task.task_name, task.task_id, ctx
+            )
+            signals.task_released.send(
+                sender=ctx,
+                context_id=ctx,
+                task_id=task.task_id,
+                task_name=task.task_name,
+                queue=task.queue,
+            )
+        if self.hooks:
+            self._tell("on_released", ctx, tasks)
 
     def purge(self, context_id: str, reason: str = "purged by hand") -> int:
         """Drop every held task of the tenant into its dead-letter place."""
@@ -232,14 +284,7 @@ class Gate:
 
         def keep(batch: list[HeldMessage]) -> None:
             self.dead.record(ctx, [_letter(message, reason, now) for message in batch])
-            for message in batch:
-                signals.task_dropped.send(
-                    sender=ctx,
-                    context_id=ctx,
-                    task_id=message.task_id,
-                    task_name=message.task_name,
-                    reason=reason,
-                )
+            self._dropped(ctx, batch, reason)
 
         with self._moving(ctx):
             dropped = self.held_queues.drain(queue, keep)

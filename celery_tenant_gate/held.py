@@ -7,6 +7,11 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from .carrier import HELD_AT_HEADER, HELD_COUNT_HEADER
+from .hooks import TaskRef
+
+#: Told which tasks a release moved (id, name, queue they went back to), a batch at a
+#: time, once they are back: given only when someone listens, as it costs time.
+OnMoved = Callable[[list[TaskRef]], None]
 
 
 @dataclass(frozen=True)
@@ -63,7 +68,7 @@ class HeldQueues(Protocol):
         """The oldest *limit* messages, leaving the queue as it was."""
         ...
 
-    def release(self, queue: str, *, marker: str) -> int:
+    def release(self, queue: str, *, marker: str, on_moved: OnMoved | None = None) -> int:
         """Move every message back to where it was meant to go, in order."""
         ...
 

@@ -26,8 +26,9 @@ from kombu.connection import Connection
 
 from .carrier import ROUTE_HEADER
 from .errors import TenantGateError
-from .held import HeldMessage
+from .held import HeldMessage, OnMoved
 from .holding import DEAD_LETTER_ARGUMENTS, HOLD_EXCHANGE, RELEASE_EXCHANGE
+from .hooks import TaskRef
 
 __all__ = ["RELEASED_HEADER", "AmqpHeldQueues", "HeldMessage", "HeldReleaseError"]
 
@@ -66,6 +67,11 @@ class HeldReleaseError(TenantGateError):
         self.queue = queue
         self.moved = moved
         self.routes = routes
+
+
+def _ref(raw: Any, route: tuple[str, str]) -> TaskRef:
+    headers = (raw.properties or {}).get("application_headers") or {}
+    return TaskRef(str(headers.get("id", "")), str(headers.get("task", "")), route[1])
 
 
 def held_from_amqp(raw: Any) -> HeldMessage:
@@ -310,7 +316,9 @@ class AmqpHeldQueues:
                 return exchange, routing_key
         return "", self.default_queue
 
-    def release(self, queue: str, *, marker: str, batch: int = 2000) -> int:
+    def release(
+        self, queue: str, *, marker: str, batch: int = 2000, on_moved: OnMoved | None = None
+    ) -> int:
         """Move every message of *queue* to where it was meant to go, oldest first.
 
         A message held through the hold exchange goes to the queue its routing key
@@ -328,6 +336,8 @@ class AmqpHeldQueues:
         to a missing exchange). The release stops at the end of that batch: such
         messages stay at the head of the tenant queue, in order (after a missing
         exchange, so does the rest of the batch); the others were moved.
+
+        *on_moved*, if given, is told the tasks of each batch once the broker has them.
         """
         if batch < 1:
             raise ValueError(f"batch must be at least 1, not {batch}")
@@ -338,7 +348,13 @@ class AmqpHeldQueues:
             consumer = _Consumer(connection, queue, prefetch=2 * batch)
             try:
                 run = _Release(
-                    self, connection, consumer, queue=queue, marker=marker, rejecting=rejecting
+                    self,
+                    connection,
+                    consumer,
+                    queue=queue,
+                    marker=marker,
+                    rejecting=rejecting,
+                    told=on_moved,
                 )
                 return run.until_done(batch)
             finally:
@@ -395,8 +411,10 @@ class _Release:
         queue: str,
         marker: str,
         rejecting: bool,
+        told: OnMoved | None = None,
     ) -> None:
         self.owner = owner
+        self.told = told
         self.connection = connection
         self.consumer = consumer
         self.channel = consumer.channel
@@ -513,6 +531,8 @@ class _Release:
         else:
             self.channel.send_method(_BASIC_NACK, "Lbb", (run[-1].delivery_tag, True, False))
         self.moved += len(run)
+        if self.told is not None:
+            self.told([_ref(raw, ("", raw.delivery_info["routing_key"])) for raw in run])
 
     def _settle(self, sent: list[_Sent]) -> None:
         """Wait for the broker to confirm *sent*, then ack the source of every copy it
@@ -552,3 +572,5 @@ class _Release:
                     channel.basic_ack(raw.delivery_tag)
         self.moved += len(sent) - len(bad)
         self.failed.extend(route for seq, _, route in sent if seq in bad)
+        if self.told is not None:
+            self.told([_ref(raw, route) for seq, raw, route in sent if seq not in bad])

@@ -15,7 +15,8 @@ from typing import Any
 
 import redis
 
-from .held import HeldMessage
+from .held import HeldMessage, OnMoved
+from .hooks import TaskRef
 
 SEP = "\x06\x16"
 PRIORITY_STEPS = ("", "3", "6", "9")
@@ -26,11 +27,17 @@ PRIORITY_STEPS = ("", "3", "6", "9")
 # sees half a release. The destination is read from the tenant_gate_route header,
 # through kombu's binding table for a named exchange.
 _RELEASE = """
-local src, sep, fallback = ARGV[1], ARGV[2], ARGV[3]
+local src, sep, fallback, tell = ARGV[1], ARGV[2], ARGV[3], ARGV[4] == '1'
 local cache = {}
+-- Only when asked (someone listens for task_released): who moved, in the order they
+-- will run, as three strings (ids, task names, queues) joined by RS: cheap to build
+-- and to read.
+local ids, names, dests, at, RS = {}, {}, {}, 0, string.char(30)
+local function text(value) if type(value) == 'string' then return value end return '' end
 local function dest_for(raw)
     local ok, msg = pcall(cjson.decode, raw)
     if not ok or type(msg) ~= 'table' or type(msg.headers) ~= 'table' then return fallback end
+    if tell then ids[at], names[at] = text(msg.headers.id), text(msg.headers.task) end
     local route = msg.headers.tenant_gate_route
     if type(route) ~= 'table' then return fallback end
     local ex, rk = route.exchange, route.routing_key
@@ -56,14 +63,21 @@ local moved = 0
 for _, step in ipairs({'', '3', '6', '9'}) do
     local key = src
     if step ~= '' then key = src .. sep .. step end
+    if tell then at = moved + redis.call('LLEN', key) + 1 end  -- popped newest first
     while true do
         local raw = redis.call('LPOP', key)
         if not raw then break end
+        at = at - 1
         local dest = dest_for(raw)
+        if tell then ids[at], names[at], dests[at] = ids[at] or '', names[at] or '', dest end
         if step ~= '' then dest = dest .. sep .. step end
         redis.call('RPUSH', dest, raw)
         moved = moved + 1
     end
+end
+if tell then
+    local function column(t) return table.concat(t, RS, 1, moved) end
+    return {moved, column(ids), column(names), column(dests)}
 end
 return moved
 """
@@ -114,9 +128,14 @@ class RedisHeldQueues:
             found.extend(decode(item) for item in reversed(raw))
         return found
 
-    def release(self, queue: str, *, marker: str = "") -> int:
-        moved: int = self._release(keys=[], args=[queue, SEP, self.default_queue])
-        return moved
+    def release(self, queue: str, *, marker: str = "", on_moved: OnMoved | None = None) -> int:
+        if on_moved is None:
+            moved: int = self._release(keys=[], args=[queue, SEP, self.default_queue, "0"])
+            return moved
+        moved, *told = self._release(keys=[], args=[queue, SEP, self.default_queue, "1"])
+        ids, names, dests = (column.decode().split("\x1e") if moved else [] for column in told)
+        on_moved(list(map(TaskRef, ids, names, dests)))
+        return int(moved)
 
     def drain(self, queue: str, sink: Callable[[list[HeldMessage]], None], batch: int = 500) -> int:
         total = 0

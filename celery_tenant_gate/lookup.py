@@ -71,6 +71,8 @@ class TenantStates:
         self._refresher: ThreadPoolExecutor | None = None
         self._refreshing: set[str] = set()
         self._refresh_lock = threading.Lock()
+        #: Look-ups the cache could not answer (for the metrics; hits are counted there).
+        self.misses = 0
         _INSTANCES.add(self)
 
     @classmethod
@@ -159,6 +161,7 @@ class TenantStates:
     # -- the slow path ------------------------------------------------------------
 
     def _lookup(self, context_id: str, *, wait: bool = True) -> Known:
+        self.misses += 1
         ctx = validate_tenant_id(context_id, self._pattern)
         self._ensure_listening()
         token = self.cache.token(ctx)

@@ -1,8 +1,11 @@
 """Signals, Celery style: ``@task_held.connect`` and the receiver gets keyword arguments.
 
 Every signal is sent with ``sender`` = the tenant id and ``context_id`` = the same,
-plus the arguments listed. Receivers' exceptions are logged and swallowed (as
-Celery does): a receiver cannot stop the gate.
+plus the arguments listed, in the process (and thread) where it happened: a task
+held by the consumer is told in the worker's main process, a resume by the control
+task in a pool process, a ``gate.resume`` by hand in your own process (the README's
+"Signals, logs and metrics" has the table). Receivers' exceptions are logged and
+swallowed (as Celery does): a receiver cannot stop the gate.
 """
 
 from __future__ import annotations
@@ -18,6 +21,11 @@ tenant_deleted = Signal(name="tenant_deleted", providing_args={"context_id", "st
 #: A task was held in its tenant's queue (``task_id``, ``task_name``, ``queue``, ``reason``).
 task_held = Signal(
     name="task_held", providing_args={"context_id", "task_id", "task_name", "queue", "reason"}
+)
+#: A held task went back to its queue (``task_id``, ``task_name``, ``queue``: the queue
+#: it went back to, or its routing key on RabbitMQ). One per task, once the broker has it.
+task_released = Signal(
+    name="task_released", providing_args={"context_id", "task_id", "task_name", "queue"}
 )
 #: A task was dropped (``task_id``, ``task_name``, ``reason``).
 task_dropped = Signal(

@@ -21,6 +21,7 @@ from .circuit import CircuitBreaker
 from .config import GateConfig
 from .errors import (
     CircuitOpen,
+    StateAPIError,
     StateAPIResponseError,
     StateAPIStatusError,
     StateAPIUnavailable,
@@ -28,6 +29,7 @@ from .errors import (
     TenantNotFound,
 )
 from .ids import compile_pattern, validate_tenant_id
+from .metrics import metrics
 from .states import StateDocumentError, TenantState, parse_state_document
 
 logger = logging.getLogger(__name__)
@@ -123,6 +125,7 @@ class StateClient:
         url = self.url_for(context_id)
         breaker = self.breaker
         if breaker is not None and not breaker.allow():
+            metrics().state_api_refused(CircuitOpen.__name__)
             raise CircuitOpen(
                 context_id,
                 f"circuit open after repeated failures; next try in {breaker.retry_in():.1f}s",
@@ -150,7 +153,7 @@ class StateClient:
                 if attempt >= self.retries or delay > self.backoff_max:
                     raise
                 logger.info(
-                    "State API for %s unavailable (%s); retry %d/%d in %.2fs",
+                    "tenant-gate: State API for %s unavailable (%s); retry %d/%d in %.2fs",
                     context_id,
                     exc,
                     attempt + 1,
@@ -161,6 +164,17 @@ class StateClient:
                 attempt += 1
 
     def _get_once(self, context_id: str, url: str) -> TenantState:
+        started = time.perf_counter()
+        error: str | None = None
+        try:
+            return self._request(context_id, url)
+        except StateAPIError as exc:
+            error = type(exc).__name__
+            raise
+        finally:
+            metrics().state_api_request(time.perf_counter() - started, error)
+
+    def _request(self, context_id: str, url: str) -> TenantState:
         try:
             response = self.session.get(url, timeout=self.timeout, stream=True)
         except requests.Timeout as exc:

@@ -26,6 +26,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from .metrics import metrics
 from .notification import BadNotification, Notification, parse_notification
 from .tokens import TokenRejected, TokenVerifier, token_fingerprint
 
@@ -103,6 +104,17 @@ class WebhookReceiver:
         content_length: int | None,
     ) -> WebhookResponse:
         """Answer one request. *body* may be ``None`` when it was not read (not a POST)."""
+        response = self._answer(method, content_type, body, content_length)
+        metrics().webhook_response(response.status)
+        return response
+
+    def _answer(
+        self,
+        method: str,
+        content_type: str | None,
+        body: bytes | None,
+        content_length: int | None,
+    ) -> WebhookResponse:
         if method.upper() != "POST":
             return _error(405, "only POST is allowed", headers={"Allow": "POST"})
         if (content_length is not None and content_length > self.max_body) or (

@@ -15,6 +15,7 @@ from typing import Any
 
 import redis
 
+from . import metrics
 from .config import CONTROL_TASK, PREFIX, GateConfig, gate_config
 from .errors import ConfigError
 from .ids import compile_pattern
@@ -36,7 +37,10 @@ def receiver_for(app: Any) -> WebhookReceiver:
     with _lock:
         receiver: WebhookReceiver | None = getattr(app, "_tenant_gate_receiver", None)
         if receiver is None:
-            receiver = _make_receiver(app, gate_config(app))
+            config = gate_config(app)
+            if config.metrics:
+                metrics.enable()  # answers are counted by status
+            receiver = _make_receiver(app, config)
             app._tenant_gate_receiver = receiver
         return receiver
 

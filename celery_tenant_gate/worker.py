@@ -22,6 +22,7 @@ from celery.worker import state as worker_state
 from .app import gate_config, gate_for
 from .gate import Gate
 from .holding import restore_route
+from .observe import WorkerWatch
 from .verdicts import Verdict
 
 logger = logging.getLogger(__name__)
@@ -131,8 +132,11 @@ class TenantGateStep(bootsteps.StartStopStep):  # type: ignore[misc]
         # them before Celery can handle them, and the worker dies).
         app.amqp.queues.select_add(self.gate.config.control_queue)
         self.sweeper: Sweeper | None = None
+        # Celery task events (with -E) and the /metrics endpoint.
+        self.watch = WorkerWatch(consumer, self.gate, task_events=bool(kwargs.get("task_events")))
 
     def start(self, consumer: Any) -> None:
+        self.watch.start()
         if self.sweeper is None:
             self.sweeper = Sweeper(self.gate, self.gate.config.sweep_interval)
             self.sweeper.start()
@@ -141,3 +145,4 @@ class TenantGateStep(bootsteps.StartStopStep):  # type: ignore[misc]
         if self.sweeper is not None:
             self.sweeper.stop()
             self.sweeper = None
+        self.watch.stop()

@@ -5,6 +5,12 @@ matches its test: GATE_BROKER, GATE_REDIS, GATE_STORE (the tenant state's Redis,
 not GATE_REDIS), GATE_PREFIX, GATE_STATE_API,
 GATE_ACKS_LATE, GATE_PREFETCH, GATE_MIN_TTL, GATE_SWEEP. Every body that runs
 appends a JSON line to the Redis list `{prefix}:ran`.
+
+Observability: GATE_RECORD_SIGNALS=1 appends every signal of
+`celery_tenant_gate.signals` received in the process, as a JSON line (its name, the
+process id and its arguments), to the Redis list `{prefix}:signals`;
+GATE_METRICS_PORT turns metrics on and serves them there; GATE_EVENTS=1 makes the
+worker send task events (as `-E` does).
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ from typing import Any
 import redis
 from celery import Celery
 
-from celery_tenant_gate import install, tenant_task
+from celery_tenant_gate import install, signals, tenant_task
 
 
 def make_app(env: Mapping[str, str]) -> Celery:
@@ -44,6 +50,10 @@ def make_app(env: Mapping[str, str]) -> Celery:
         result_backend=env.get("GATE_RESULTS") or None,
         tenant_gate_webhook_jwks_url=env.get("GATE_JWKS") or None,
         tenant_gate_webhook_issuer=env.get("GATE_ISSUER") or None,
+        tenant_gate_metrics=bool(env.get("GATE_METRICS_PORT")),
+        tenant_gate_metrics_port=env.get("GATE_METRICS_PORT") or None,
+        tenant_gate_metrics_address="127.0.0.1",
+        worker_send_task_events=env.get("GATE_EVENTS") == "1",
     )
     if env.get("GATE_VISIBILITY"):  # Redis: redeliver a killed worker's messages soon
         app.conf.broker_transport_options = {
@@ -57,6 +67,8 @@ def make_app(env: Mapping[str, str]) -> Celery:
         }
     install(app)
     results = redis.Redis.from_url(redis_url)
+    if env.get("GATE_RECORD_SIGNALS") == "1":
+        _record_signals(results, f"{prefix}:signals")
 
     def ran(**fields: Any) -> None:
         results.rpush(f"{prefix}:ran", json.dumps({"at": time.time(), **fields}))
@@ -116,6 +128,30 @@ def make_app(env: Mapping[str, str]) -> Celery:
         return n
 
     return app
+
+
+def _record_signals(client: redis.Redis, key: str) -> None:
+    def record(name: str) -> Any:
+        def receiver(sender: Any = None, signal: Any = None, **fields: Any) -> None:
+            client.rpush(key, json.dumps({"signal": name, "pid": os.getpid(), **fields}))
+
+        return receiver
+
+    for name in SIGNALS:
+        # One receiver per key, however often the app is made in a process.
+        getattr(signals, name).connect(record(name), weak=False, dispatch_uid=f"{key}:{name}")
+
+
+SIGNALS = (
+    "tenant_paused",
+    "tenant_resumed",
+    "tenant_deleted",
+    "tenant_moved",
+    "tenant_backup_restored",
+    "task_held",
+    "task_released",
+    "task_dropped",
+)
 
 
 def _header(request: Any, name: str) -> Any:

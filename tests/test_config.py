@@ -119,3 +119,19 @@ def test_every_setting_is_documented_in_the_readme() -> None:
     readme = (Path(__file__).parent.parent / "README.md").read_text()
     for key, _default, _doc in settings_doc():
         assert f"`{key}`" in readme, f"{key} is missing from the README's settings table"
+
+
+def test_metrics_settings_are_checked() -> None:
+    config = GateConfig.from_mapping(
+        {"tenant_gate_metrics": "true", "tenant_gate_metrics_port": "9808"}
+    )
+    assert (config.metrics, config.metrics_port, config.metrics_address) == (True, 9808, "0.0.0.0")
+    assert GateConfig.from_mapping({"tenant_gate_metrics": "0"}).metrics is False
+    with pytest.raises(ConfigError, match="tenant_gate_metrics must be True or False"):
+        GateConfig.from_mapping({"tenant_gate_metrics": "sometimes"})
+    with pytest.raises(ConfigError, match="tenant_gate_metrics_port must be a TCP port"):
+        GateConfig.from_mapping({"tenant_gate_metrics": True, "tenant_gate_metrics_port": 70000})
+    with pytest.raises(
+        ConfigError, match="tenant_gate_metrics_port is set but tenant_gate_metrics is off"
+    ):
+        GateConfig.from_mapping({"tenant_gate_metrics_port": 9808})
