@@ -41,9 +41,9 @@ def count_lookups(states: TenantStates) -> Callable[[], int]:
     for name in ("verdict", "record"):
         lookup = getattr(states, name)
 
-        def counted(context_id: str, lookup: Callable[[str], Any] = lookup) -> Any:
+        def counted(context_id: str, lookup: Callable[..., Any] = lookup, **how: Any) -> Any:
             count[0] += 1
-            return lookup(context_id)
+            return lookup(context_id, **how)
 
         setattr(states, name, counted)
     return lambda: count[0]

@@ -122,7 +122,8 @@ class Harness:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 missing = ids - {r.get("id") for r in self.seen}
-                raise AssertionError(f"{len(missing)} task(s) never ran")
+                logs = "\n".join(w.log[-3000:] for w in self.workers)
+                raise AssertionError(f"{len(missing)} task(s) never ran:\n{logs}")
             item = self.client.blpop([f"{self.prefix}:ran"], timeout=min(remaining, 1.0))
             if item is not None:
                 self.seen.append(json.loads(item[1]))
