@@ -16,6 +16,8 @@ from pathlib import Path
 from types import FrameType
 from typing import TextIO
 
+import redis
+
 from celery_tenant_gate.errors import TenantGateError
 
 from .accounting import Summary
@@ -88,7 +90,7 @@ def main(argv: list[str] | None = None, out: TextIO = sys.stdout) -> int:
     except KeyboardInterrupt:
         print("\ninterrupted: everything the demo started is stopped", file=out)
         return 130
-    except (DemoFailed, ProcessFailed, TenantGateError, OSError) as exc:
+    except (DemoFailed, ProcessFailed, TenantGateError, OSError, redis.RedisError) as exc:
         print(f"\nthe demo could not finish: {exc}", file=out)
         return 2
     print_summary(summary, out)
