@@ -454,7 +454,7 @@ def stack(
             web_port=0,
             gate=gate_settings(superoffice),
         )
-        exits.callback(_forget_keys, settings)
+        exits.callback(forget_namespace, settings, list(TENANTS))
         for ctx, host in TENANTS.items():
             superoffice.set_state(ctx, "Running", valid_for=STATE_TTL, endpoint=f"https://{host}")
             servers.move(ctx, host)
@@ -490,8 +490,8 @@ def stack(
             raise DemoFailed(f"{exc}\n  the worker's last lines:\n{worker.tail()}") from None
 
 
-def _forget_keys(settings: Settings) -> None:
-    """Delete what the demo left in Redis (on a real server; an embedded one just goes)."""
+def forget_namespace(settings: Settings, tenants: list[str]) -> None:
+    """Delete the app's keys and queues (on real servers; an embedded Redis just goes)."""
     with contextlib.suppress(redis.RedisError):
         client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=2)
         for pattern in (f"{settings.namespace}*", f"_kombu.binding.{settings.namespace}*"):
@@ -503,7 +503,7 @@ def _forget_keys(settings: Settings) -> None:
         from kombu import Connection  # noqa: PLC0415 - only for RabbitMQ
 
         queues = [settings.task_queue, f"{settings.namespace}.control"]
-        queues += [f"{settings.namespace}.tenant.{ctx}" for ctx in TENANTS]
+        queues += [f"{settings.namespace}.tenant.{ctx}" for ctx in tenants]
         with contextlib.suppress(Exception), Connection(settings.broker_url) as conn:
             channel = conn.default_channel
             for queue in queues:

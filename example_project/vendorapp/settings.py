@@ -13,9 +13,9 @@
                                stand-in for tests and the demo. Unset in production.
 ``VENDORAPP_WEB_HOST``         Where ``python -m example_project.vendorapp.web`` listens.
 ``VENDORAPP_WEB_PORT``         Default ``127.0.0.1`` and ``8000`` (0: any free port).
-``TENANT_GATE_<NAME>``         Any celery-tenant-gate setting ``tenant_gate_<name>``,
-                               e.g. ``TENANT_GATE_ENVIRONMENT=sod`` (the gate checks it
-                               and names the key when a value is wrong).
+``VENDORAPP_GATE_<NAME>``      Any celery-tenant-gate setting ``tenant_gate_<name>``,
+                               e.g. ``VENDORAPP_GATE_ENVIRONMENT=sod`` (the gate checks
+                               it, and names the key when a value or a name is wrong).
 =============================  =======================================================
 
 This module imports neither Celery nor the gate: the web app and the worker both
@@ -31,7 +31,8 @@ from typing import Any
 from urllib.parse import urlsplit
 
 ENV_PREFIX = "VENDORAPP_"
-GATE_ENV_PREFIX = "TENANT_GATE_"
+#: Variables ``VENDORAPP_GATE_<NAME>`` set the gate's ``tenant_gate_<name>``.
+GATE_ENV_PREFIX = "VENDORAPP_GATE_"
 
 
 class SettingsError(ValueError):
@@ -46,7 +47,7 @@ class Settings:
     tenant_api_via: str | None = None
     web_host: str = "127.0.0.1"
     web_port: int = 8000
-    #: ``tenant_gate_*`` settings given as ``TENANT_GATE_*`` variables.
+    #: ``tenant_gate_*`` settings given as ``VENDORAPP_GATE_*`` variables.
     gate: Mapping[str, str] = field(default_factory=dict)
 
     @classmethod
