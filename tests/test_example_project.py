@@ -229,3 +229,34 @@ def test_settings_survive_the_trip_through_the_environment() -> None:
     assert conf["tenant_gate_environment"] == "sod"
     assert conf["task_default_queue"] == "acme.tasks"
     assert conf["tenant_gate_control_queue"] == "acme.control"
+
+
+def test_on_rabbitmq_a_worker_holding_tasks_keeps_consuming(
+    amqp_url: str, redis_url: str
+) -> None:
+    """The example app's settings (acks_late, prefetch 1) on RabbitMQ: every held
+    task's message is acknowledged at once, so the broker keeps delivering (a deferred
+    ack once left the worker idle for seconds after each hold)."""
+    ctx = "Cust2009"
+    with FakeSuperOffice() as superoffice:
+        superoffice.set_state(ctx, "Running", valid_for=60, endpoint="https://online9.superoffice.com")
+        settings = Settings(
+            broker_url=amqp_url,
+            redis_url=redis_url,
+            namespace=f"tgtest-example-{uuid.uuid4().hex[:8]}",
+            gate=gate_settings(superoffice),
+        )
+        app = make_app(settings)
+        gate = gate_for(app)
+        worker = processes.worker(settings).start()
+        try:
+            worker.wait_ready()
+            gate.pause(ctx, "by hand")
+            for _ in range(10):
+                app.tasks[tasks.sync_contacts.name].delay(ctx)
+            # One hold takes milliseconds; the stalled worker needed 10 s for each.
+            wait_until(lambda: gate.state(ctx).held == 10, timeout=8, what="10 held")
+        finally:
+            worker.stop()
+            gate.states.close()
+            forget_namespace(settings, [ctx])

@@ -79,7 +79,7 @@ class Service:
     def pid(self) -> int:
         return self.process.pid if self.process is not None else 0
 
-    def tail(self, count: int = 30) -> str:
+    def tail(self, count: int = 40) -> str:
         return "\n".join(f"    {self.name}| {line}" for line in list(self.lines)[-count:])
 
     def stop(self, timeout: float = 15.0) -> None:
