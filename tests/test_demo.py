@@ -56,31 +56,35 @@ def _ran(task_id: str, ctx: str | None, started: float, **fields: object) -> dic
 
 def test_a_task_neither_run_nor_dropped_is_lost() -> None:
     published = _published(("a", "Cust1", 0), ("b", "Cust1", 1), ("c", None, 0))
-    summary = account(published, [_ran("a", "Cust1", 1.0)], {"Cust1": [{"id": "c"}]}, [], [])
+    summary = account(published, [_ran("a", "Cust1", 1.0)], dropped={"Cust1": [{"id": "c"}]})
     assert (summary.run, summary.dropped, summary.lost) == (1, 1, 1)
     assert not summary.ok
 
 
 def test_a_failed_attempt_is_not_a_run() -> None:
     published = _published(("a", "Cust1", 0))
-    summary = account(published, [_ran("a", "Cust1", 1.0, error="421")], {}, [], [])
+    summary = account(published, [_ran("a", "Cust1", 1.0, error="421")])
     assert (summary.run, summary.failed_attempts, summary.lost) == (0, 1, 1)
 
 
 def test_a_body_started_inside_a_pause_is_counted() -> None:
     published = _published(("a", "Cust1", 0), ("b", "Cust1", 1), ("c", "Cust2", 0))
     runs = [_ran("a", "Cust1", 5.0), _ran("b", "Cust1", 11.0), _ran("c", "Cust2", 5.0)]
-    summary = account(published, runs, {}, [Pause("Cust1", 4.0, 10.0, "Upgrade")], [])
+    summary = account(published, runs, pauses=[Pause("Cust1", 4.0, 10.0, "Upgrade")])
     assert summary.run_while_paused == 1
     assert not summary.ok
-    summary = account(published, runs, {}, [Pause("Cust1", 6.0, None, "Delete")], [])
+    summary = account(published, runs, pauses=[Pause("Cust1", 6.0, None, "Delete")])
     assert summary.run_while_paused == 1
 
 
 def test_released_tasks_out_of_publish_order_are_counted() -> None:
     published = _published(("a", "Cust1", 0), ("b", "Cust1", 1), ("c", "Cust1", 2))
-    runs = [_ran("b", "Cust1", 1.0, held=1), _ran("a", "Cust1", 2.0, held=1), _ran("c", "Cust1", 3.0)]
-    summary = account(published, runs, {}, [], [])
+    runs = [
+        _ran("b", "Cust1", 1.0, held=1),
+        _ran("a", "Cust1", 2.0, held=1),
+        _ran("c", "Cust1", 3.0),
+    ]
+    summary = account(published, runs)
     assert (summary.released, summary.released_out_of_order) == (2, 1)
     assert not summary.ok
 
@@ -92,4 +96,4 @@ def test_a_call_to_the_old_server_after_a_move_is_stale() -> None:
         _ran("b", "Cust1", 3.0, api="https://online1.superoffice.com/Cust1/api"),
     ]
     move = Move("Cust1", "online1.superoffice.com", "online7.superoffice.com", 2.0)
-    assert account(published, runs, {}, [], [move]).stale_endpoint == 1
+    assert account(published, runs, moves=[move]).stale_endpoint == 1

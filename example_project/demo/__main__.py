@@ -73,7 +73,10 @@ def print_summary(summary: Summary, out: TextIO) -> None:
             file=out,
         )
     if summary.ok:
-        print("\nEvery task accounted for: none lost, none run while its tenant was paused.", file=out)
+        print(
+            "\nEvery task accounted for: none lost, none run while its tenant was paused.",
+            file=out,
+        )
     else:
         print("\nPROBLEM: the summary above breaks a promise of the gate.", file=out)
 

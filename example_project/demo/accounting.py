@@ -83,9 +83,10 @@ class Summary:
 def account(
     published: list[Published],
     runs: list[dict[str, Any]],
-    dropped: dict[str, list[dict[str, Any]]],
-    pauses: list[Pause],
-    moves: list[Move],
+    *,
+    dropped: dict[str, list[dict[str, Any]]] | None = None,
+    pauses: list[Pause] | None = None,
+    moves: list[Move] | None = None,
     held_at_end: int = 0,
 ) -> Summary:
     """The summary of a run.
@@ -94,6 +95,7 @@ def account(
     and ``error`` for an attempt that failed); *dropped* maps a tenant to the headers of
     its dead letters.
     """
+    dropped, pauses, moves = dropped or {}, pauses or [], moves or []
     mine = {task.id: task for task in published}
     done: dict[str, list[dict[str, Any]]] = defaultdict(list)
     summary = Summary(published=len(published), held_at_end=held_at_end)

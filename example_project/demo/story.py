@@ -308,9 +308,9 @@ class Story:
         return account(
             self.producer.snapshot(),
             self.runs,
-            self.dead_letters(),
-            self.pauses,
-            self.moves,
+            dropped=self.dead_letters(),
+            pauses=self.pauses,
+            moves=self.moves,
             held_at_end=sum(self.held(ctx) for ctx in TENANTS),
         )
 
@@ -334,9 +334,8 @@ class Story:
             indent=3,
         )
         self.let_run(self.pace.paused)
-        waiting = self.held(ctx)
         self.say(
-            f"The upgrade is over: the State API says Running again. No Resume "
+            "The upgrade is over: the State API says Running again. No Resume "
             "notification comes (SuperOffice does not promise one).",
             indent=3,
         )
@@ -347,17 +346,19 @@ class Story:
         self.pauses.append(Pause(ctx, started, record.paused_at, "Upgrade"))
         self.say(
             f"The gate saw it by itself and resumed {ctx} after "
-            f"{record.paused_at - started:.1f} s; {waiting}+ held tasks go back to the "
-            "queue, oldest first.",
+            f"{record.paused_at - started:.1f} s: its held tasks go back to the queue, "
+            "oldest first.",
             indent=3,
         )
         self.wait(self.accounted(ctx), 60, f"{ctx}'s held tasks to run")
-        released = sum(
-            1
-            for r in self.runs
-            if r.get("ctx") == ctx and r.get("held") and not r.get("error")
+        mine = [task for task in self.producer.snapshot() if task.ctx == ctx]
+        so_far = account(mine, self.runs)
+        order = (
+            "in the order they were published"
+            if not so_far.released_out_of_order
+            else f"{so_far.released_out_of_order} of them OUT OF ORDER"
         )
-        self.say(f"All {released} of {ctx}'s held tasks ran, in the order they were published.", indent=3)
+        self.say(f"All {so_far.released} of {ctx}'s held tasks ran, {order}.", indent=3)
 
     def delete(self) -> None:
         ctx = DELETED
@@ -500,11 +501,11 @@ def forget_namespace(settings: Settings, tenants: list[str]) -> None:
                 client.delete(*keys)
         client.close()
     if urlsplit(settings.broker_url).scheme.startswith("amqp"):
-        from kombu import Connection  # noqa: PLC0415 - only for RabbitMQ
+        from kombu.connection import Connection  # noqa: PLC0415 - only for RabbitMQ
 
         queues = [settings.task_queue, f"{settings.namespace}.control"]
         queues += [f"{settings.namespace}.tenant.{ctx}" for ctx in tenants]
-        with contextlib.suppress(Exception), Connection(settings.broker_url) as conn:
+        with contextlib.suppress(Exception), Connection(settings.broker_url) as conn:  # type: ignore[no-untyped-call]
             channel = conn.default_channel
             for queue in queues:
                 with contextlib.suppress(Exception):

@@ -31,6 +31,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 ENV_PREFIX = "VENDORAPP_"
+BROKER_SCHEMES = {"redis", "rediss", "amqp", "amqps", "pyamqp"}
 #: Variables ``VENDORAPP_GATE_<NAME>`` set the gate's ``tenant_gate_<name>``.
 GATE_ENV_PREFIX = "VENDORAPP_GATE_"
 
@@ -54,7 +55,7 @@ class Settings:
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         """Read the settings from *env* (default: ``os.environ``)."""
         env = os.environ if env is None else env
-        broker = _url(env, "BROKER_URL", cls.broker_url, {"redis", "rediss", "amqp", "amqps", "pyamqp"})
+        broker = _url(env, "BROKER_URL", cls.broker_url, BROKER_SCHEMES)
         redis_default = broker if urlsplit(broker).scheme.startswith("redis") else cls.redis_url
         namespace = env.get(ENV_PREFIX + "NAMESPACE", cls.namespace)
         if not namespace or not all(c.isalnum() or c in "-_" for c in namespace):

@@ -54,7 +54,7 @@ def send_digest(self: Any, context_id: str, period: str = "daily") -> int:
     return total
 
 
-@app.task(bind=True, name="vendorapp.refresh_exchange_rates")
+@app.task(bind=True, name="vendorapp.refresh_exchange_rates")  # type: ignore[untyped-decorator]
 def refresh_exchange_rates(self: Any) -> None:
     """Work for no tenant in particular: the gate lets it through untouched."""
     note(self, time.time(), None)
