@@ -44,8 +44,10 @@ TENANTS = {
 }
 UPGRADED, MOVED, DELETED = "Cust1001", "Cust1002", "Cust1003"
 NEW_HOST = "online7.superoffice.com"
-#: The tasks the demo publishes (registered on every app made by ``make_app``).
-TASKS = (tasks.sync_contacts.name, tasks.send_digest.name, tasks.refresh_exchange_rates.name)
+#: The tasks the demo publishes, by name (registered on every app made by ``make_app``).
+SYNC = tasks.sync_contacts.name
+DIGEST = tasks.send_digest.name
+RATES = tasks.refresh_exchange_rates.name
 #: How long the stand-in's State API answers stay valid (its ValidUntil).
 STATE_TTL = 1.0
 
@@ -117,11 +119,11 @@ class Producer:
         with self._lock:  # one at a time, so that the numbers follow the publish order
             seq = 0
             if ctx is None:
-                name, kwargs = "vendorapp.refresh_exchange_rates", {}
+                name, kwargs = RATES, {}
             else:
                 seq = self._seq.get(ctx, 0)
                 self._seq[ctx] = seq + 1
-                name = "vendorapp.send_digest" if seq % 3 == 2 else "vendorapp.sync_contacts"
+                name = DIGEST if seq % 3 == 2 else SYNC
                 kwargs = {"context_id": ctx}
             result = self.app.tasks[name].apply_async(kwargs=kwargs)
             task = Published(result.id, name, ctx, seq, time.time())
