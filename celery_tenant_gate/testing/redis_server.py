@@ -80,6 +80,9 @@ class EmbeddedRedis:
                 ],
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
+                # Not in our process group: a Ctrl-C in the terminal must reach only
+                # its owner, which still needs it to stop cleanly (then calls stop()).
+                start_new_session=True,
             )
             if self._wait_ready():
                 return self

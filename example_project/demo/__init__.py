@@ -1,0 +1,1 @@
+"""The one-command demo: ``python -m example_project.demo`` (see ``example_project/README.md``)."""
