@@ -390,6 +390,12 @@ class TenantAdmin:
                 f"lost the connection to Redis ({self.redis_url()}) or the broker "
                 f"({self.broker_url()}): {exc}"
             ) from None
+        except TenantGateError as exc:  # e.g. a release whose tasks lead nowhere
+            raise AdminError(str(exc)) from None
+        except Exception as exc:  # the broker refused something (an AMQP channel error)
+            if getattr(exc, "reply_code", None) is None:
+                raise
+            raise Unavailable(f"the broker at {self.broker_url()} refused: {exc}") from None
 
     def _why(self, record: TenantRecord | None, now: float) -> str:
         """Why the gate decides what it decides, in a few words."""

@@ -67,16 +67,15 @@ class Gate:
         # RabbitMQ: holds are confirmed by the broker before the original is acked.
         # (Redis answers every LPUSH: nothing to confirm.)
         transport = app.connection_for_write().transport_cls
-        self._confirmed = (
-            ConfirmedProducers(app) if transport in {"amqp", "amqps", "pyamqp"} else None
-        )
+        self._amqp = transport in {"amqp", "amqps", "pyamqp"}
+        self._confirmed = ConfirmedProducers(app) if self._amqp else None
 
-    def _destination(self, delivery_info: Any) -> str | None:
+    def _destination(self, headers: Any, delivery_info: Any) -> str | None:
         # RabbitMQ only: a copy held through the hold exchange is released by the
         # broker itself (dead-lettering), when the queue it was meant for is known.
-        if self._confirmed is None or not self.config.amqp_release_by_broker:
+        if not self._amqp or not self.config.amqp_release_by_broker:
             return None
-        return destination_queue(self.app, delivery_info)
+        return destination_queue(self.app, headers, delivery_info)
 
     def queue_for(self, context_id: str) -> str:
         return self.config.queue_template.format(ctx=context_id)
@@ -103,7 +102,12 @@ class Gate:
             # and the message is requeued, rather than held where no sweep looks.
             self.states.store.mark_held(ctx, self._clock())
             hold_message(
-                self.app, message, queue, self._confirmed, self._destination(message.delivery_info)
+                self.app,
+                message,
+                queue,
+                producers=self._confirmed,
+                amqp=self._amqp,
+                destination=self._destination(message.headers, message.delivery_info),
             )
             self._after_hold(ctx, queue, message.headers)
         elif verdict is Verdict.DROP:
@@ -125,7 +129,15 @@ class Gate:
         if verdict is Verdict.HOLD:
             queue = self.queue_for(ctx)
             self.states.store.mark_held(ctx, self._clock())
-            hold_request(task, queue, ctx, self._destination(task.request.delivery_info))
+            request = task.request
+            hold_request(
+                task,
+                queue,
+                ctx,
+                producers=self._confirmed,
+                amqp=self._amqp,
+                destination=self._destination(request.headers, request.delivery_info),
+            )
             self._after_hold(ctx, queue, {"id": task.request.id, "task": task.name})
         elif verdict is Verdict.DROP:
             request = task.request
@@ -151,7 +163,7 @@ class Gate:
             logger.exception("tenant-gate: held a task of %s but could not note it", ctx)
 
     def _note_hold(self, ctx: str, queue: str, headers: Any) -> None:
-        record = self.states.record(ctx)
+        record = self.states.record(ctx, wait=False)
         reason = _why(record)
         paused_now = record is None or not record.paused
         if paused_now and self.states.set_paused(ctx, True, reason=reason, by="gate"):
@@ -175,7 +187,7 @@ class Gate:
             self._tell("on_held", ctx, task, reason)
 
     def _drop(self, ctx: str, message: HeldMessage) -> None:
-        record = self.states.record(ctx)
+        record = self.states.record(ctx, wait=False)
         reason = f"tenant dropped: {_why(record)}"
         self._dead_letter(ctx, message, reason)
         self._dropped(ctx, [message], reason)

@@ -24,7 +24,7 @@ from typing import Any
 
 from kombu.connection import Connection
 
-from .carrier import ROUTE_HEADER
+from .carrier import HELD_COUNT_HEADER, ROUTE_HEADER
 from .errors import TenantGateError
 from .held import HeldMessage, OnMoved
 from .holding import DEAD_LETTER_ARGUMENTS, HOLD_EXCHANGE, RELEASE_EXCHANGE
@@ -67,6 +67,14 @@ class HeldReleaseError(TenantGateError):
         self.queue = queue
         self.moved = moved
         self.routes = routes
+
+
+def _holds(headers: dict[str, Any]) -> int:
+    """How many times a message was held (the header each hold counts up)."""
+    try:
+        return int(headers.get(HELD_COUNT_HEADER) or 0)
+    except (TypeError, ValueError):
+        return 0
 
 
 def _ref(raw: Any, route: tuple[str, str]) -> TaskRef:
@@ -424,8 +432,8 @@ class _Release:
         self.confirms = _Confirms(self.channel)
         self.known_exchanges = {""}
         self.known_queues: dict[str, bool] = {}
-        # Task ids this release dead-lettered.
-        self.moved_ids: set[str] = set()
+        # Task ids this release dead-lettered, with how many times each was held.
+        self.moved_ids: dict[str, int] = {}
         self.moved = 0
         # Routes of copies the broker returned or refused; their sources stay held.
         self.failed: list[tuple[str, str]] = []
@@ -467,21 +475,22 @@ class _Release:
             properties = dict(raw.properties or {})
             headers = dict(properties.get("application_headers") or {})
             task_id = str(headers.get("id", ""))
-            if headers.get(RELEASED_HEADER) == self.marker or (
-                task_id in self.moved_ids and "x-death" in headers
+            holds = _holds(headers)
+            if headers.get(RELEASED_HEADER) == self.marker or holds > self.moved_ids.get(
+                task_id, holds
             ):
                 # One this release moved, held again at once (its tenant still does
-                # not run; the hold kept the marker, or the broker's record of the
-                # dead-lettering): the release has gone round; stop, so that it ends.
-                # It and what follows stay held, in order. (A second copy of a task
-                # never moved before, left by a crash, is moved like any other.)
+                # not run: the hold kept the marker, or counted one hold more): the
+                # release has gone round; stop, so that it ends. It and what follows
+                # stay held, in order. (A second copy of a task, left by a crash, has
+                # the same count, and is moved like any other.)
                 came_back = True
                 break
             if self._rejectable(raw):
                 self._settle(sent)
                 sent = []
                 rejected.append(raw)
-                self.moved_ids.add(task_id)
+                self.moved_ids[task_id] = holds
                 continue
             self._reject(rejected)
             rejected = []

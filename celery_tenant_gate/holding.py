@@ -60,16 +60,18 @@ def tenant_queue(name: str, *, dead_letter: bool = False) -> Queue:
     )
 
 
-def destination_queue(app: Any, delivery_info: dict[str, Any] | None) -> str | None:
-    """The queue a message delivered with *delivery_info* was meant for, when the route
-    names exactly one (the default exchange, or a direct exchange one of the app's
-    queues is bound to with that routing key); else None."""
-    info = delivery_info or {}
+def destination_queue(app: Any, headers: Any, delivery_info: Any) -> str | None:
+    """The queue a message was meant for, when its route names exactly one: the
+    default exchange, or a direct exchange one of the app's queues is bound to with
+    that routing key; else None. The route is the one it was first published with (the
+    ``tenant_gate_route`` header of a message held before), else how it came."""
+    route = (headers or {}).get(ROUTE_HEADER)
+    info = route if isinstance(route, dict) else (delivery_info or {})
     exchange, routing_key = info.get("exchange") or "", info.get("routing_key") or ""
-    if not routing_key:
+    if not isinstance(exchange, str) or not isinstance(routing_key, str) or not routing_key:
         return None
-    if exchange == "":
-        return str(routing_key)
+    if exchange in {"", RELEASE_EXCHANGE}:
+        return routing_key
     found = [
         queue.name
         for queue in app.amqp.queues.values()
@@ -132,22 +134,26 @@ class ConfirmedProducers:
 
 
 def hold_message(
-    app: Any, message: Any, queue: str, producers: Any = None, destination: str | None = None
+    app: Any,
+    message: Any,
+    queue: str,
+    *,
+    producers: Any = None,
+    amqp: bool = False,
+    destination: str | None = None,
 ) -> None:
     """Re-publish a received kombu message to the tenant queue *queue* (with
     *producers*, a :class:`ConfirmedProducers`, when given; else the app's pool).
 
-    With *destination* (RabbitMQ: the queue it was meant for), through
+    On RabbitMQ (*amqp*) the tenant queue is always declared to dead-letter; with
+    *destination* (the queue the message was meant for) the copy goes through
     :data:`HOLD_EXCHANGE`, so that a release can dead-letter it back there.
     """
     props = message.properties or {}
     headers = held_headers(message.headers, message.delivery_info)
-    if destination is None:
-        route: dict[str, Any] = {"exchange": "", "routing_key": queue}
-        declare = tenant_queue(queue)
-    else:
+    route: dict[str, Any] = {"exchange": "", "routing_key": queue}
+    if amqp and destination is not None:
         route = {"exchange": HOLD_EXCHANGE, "routing_key": destination}
-        declare = tenant_queue(queue, dead_letter=True)
         headers["BCC"] = [queue]
     if producers is not None:
         acquire = producers.acquire()
@@ -157,7 +163,7 @@ def hold_message(
         producer.publish(
             message.body,
             **route,
-            declare=[declare],
+            declare=[tenant_queue(queue, dead_letter=amqp)],
             content_type=message.content_type,
             content_encoding=message.content_encoding,
             headers=headers,
@@ -170,24 +176,36 @@ def hold_message(
         )
 
 
-def hold_request(task: Any, queue: str, context_id: str, destination: str | None = None) -> None:
-    """Re-publish the task now running in this pool process to *queue* (through
-    :data:`HOLD_EXCHANGE` with *destination*, as :func:`hold_message` does)."""
+def hold_request(
+    task: Any,
+    queue: str,
+    context_id: str,
+    *,
+    producers: Any = None,
+    amqp: bool = False,
+    destination: str | None = None,
+) -> None:
+    """Re-publish the task now running in this pool process to *queue*, as
+    :func:`hold_message` does (confirmed by the broker with *producers*)."""
     request = task.request
     headers = held_headers(request.headers, request.delivery_info)
     headers[HEADER] = context_id
-    entity = tenant_queue(queue, dead_letter=destination is not None)
-    if destination is not None:
+    entity = tenant_queue(queue, dead_letter=amqp)
+    through_hold = amqp and destination is not None
+    if through_hold:
         headers["BCC"] = [queue]
     signature = task.signature_from_request(
         request,
-        queue=queue if destination is None else entity,
+        # A Queue, not a name: Celery then declares it as it is. Without an exchange
+        # given, Celery publishes to a direct queue through the default exchange.
+        queue=entity,
         eta=request.eta,
         headers=headers,
     )
-    if destination is not None:
+    if through_hold:
         signature.set(exchange=HOLD_EXCHANGE, routing_key=destination)
-    with task.app.producer_or_acquire() as producer:
+    acquire = producers.acquire() if producers is not None else task.app.producer_or_acquire()
+    with acquire as producer:
         producer.maybe_declare(entity)
         # The request's options already carry the task id, retries (unchanged),
         # expiry, priority, links and chord: a hold is not a retry.

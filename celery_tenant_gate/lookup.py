@@ -100,12 +100,13 @@ class TenantStates:
     def may_run(self, context_id: str) -> bool:
         return self.verdict(context_id) is Verdict.RUN
 
-    def record(self, context_id: str) -> TenantRecord | None:
-        """The tenant's shared record (its endpoint, why it is paused, ...), fresh."""
+    def record(self, context_id: str, *, wait: bool = True) -> TenantRecord | None:
+        """The tenant's shared record (its endpoint, why it is paused, ...), fresh
+        (with ``wait=False``, as :meth:`verdict` has it)."""
         entry = self.cache.entries.get(context_id)
         if entry is not None and entry[0] > self._clock():
             return entry[1].record
-        return self._lookup(context_id).record
+        return self._lookup(context_id, wait=wait).record
 
     # -- writes ---------------------------------------------------------------------
 

@@ -23,7 +23,7 @@ task_held = Signal(
     name="task_held", providing_args={"context_id", "task_id", "task_name", "queue", "reason"}
 )
 #: A held task went back to its queue (``task_id``, ``task_name``, ``queue``: the queue
-#: it went back to, or its routing key on RabbitMQ). One per task, once the broker has it.
+#: it went back to, or its routing key on RabbitMQ). One per task, once it is handed back.
 task_released = Signal(
     name="task_released", providing_args={"context_id", "task_id", "task_name", "queue"}
 )

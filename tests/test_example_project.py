@@ -159,9 +159,9 @@ def test_an_upgrade_posted_to_the_web_app_holds_the_tenant_until_a_resume(
 
 def test_a_forged_notification_is_refused_by_the_web_app(example: Example) -> None:
     body = example.superoffice.notification(
-        "Cust2001", int(ChangeType.Suspend), token=example.superoffice.sign(
-            example.superoffice.claims("Cust2001"), alg="none"
-        )
+        "Cust2001",
+        int(ChangeType.Suspend),
+        token=example.superoffice.sign(example.superoffice.claims("Cust2001"), alg="none"),
     )
     answer = requests.post(example.webhook, json=body, timeout=10)
     assert answer.status_code == 401
@@ -231,15 +231,15 @@ def test_settings_survive_the_trip_through_the_environment() -> None:
     assert conf["tenant_gate_control_queue"] == "acme.control"
 
 
-def test_on_rabbitmq_a_worker_holding_tasks_keeps_consuming(
-    amqp_url: str, redis_url: str
-) -> None:
+def test_on_rabbitmq_a_worker_holding_tasks_keeps_consuming(amqp_url: str, redis_url: str) -> None:
     """The example app's settings (acks_late, prefetch 1) on RabbitMQ: every held
     task's message is acknowledged at once, so the broker keeps delivering (a deferred
     ack once left the worker idle for seconds after each hold)."""
     ctx = "Cust2009"
     with FakeSuperOffice() as superoffice:
-        superoffice.set_state(ctx, "Running", valid_for=60, endpoint="https://online9.superoffice.com")
+        superoffice.set_state(
+            ctx, "Running", valid_for=60, endpoint="https://online9.superoffice.com"
+        )
         settings = Settings(
             broker_url=amqp_url,
             redis_url=redis_url,

@@ -368,3 +368,30 @@ def test_a_task_that_cannot_be_held_waits_in_the_broker_and_is_held_later(
     assert sorted(r["n"] for r in harness.ran_now()) == [0, 1, 2, 3]  # each exactly once
     # Not a hot loop: each requeue waited REQUEUE_DELAY (3 tasks, while broken).
     assert requeues <= 3 * (broken_for / REQUEUE_DELAY + 2), (requeues, broken_for)
+
+
+def test_released_tasks_are_held_again_by_a_worker_that_never_saw_their_queue(
+    env: dict[str, str], harness: Harness, superoffice: FakeSuperOffice
+) -> None:
+    # Released, then paused again before any worker took them: a worker started
+    # afterwards (that never declared the tenant queue) holds them again, as they are.
+    superoffice.set_state("Cust1", "Running")
+    app = _app({**env, "GATE_SWEEP": "3600"})  # no sweeper: the test releases by hand
+    gate = _gate(app)
+    work = app.tasks["gateapp.work"]
+    gate.pause("Cust1", "first time")
+    sent = [work.delay("Cust1", n).id for n in range(3)]
+    first = harness.worker("solo", GATE_SWEEP="3600")
+    wait_until(lambda: gate.state("Cust1").held == 3, what="3 held")
+    first.stop()
+
+    assert gate.resume("Cust1") == 3  # back in the work queue; no worker runs
+    gate.pause("Cust1", "second time")
+    harness.worker("solo", GATE_SWEEP="3600")
+    wait_until(lambda: gate.state("Cust1").held == 3, what="3 held again")
+    assert harness.ran_now() == []
+
+    assert gate.resume("Cust1") == 3
+    ran = harness.wait_ran(3)
+    assert [r["id"] for r in ran] == sent
+    assert len(harness.ran_now()) == 3

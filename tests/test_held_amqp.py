@@ -306,8 +306,8 @@ def test_a_release_ends_when_what_it_moved_is_held_again(
     broker: Broker, held: AmqpHeldQueues, amqp_url: str
 ) -> None:
     # The tenant still does not run: a worker holds every released task again at
-    # once (same task id, its headers kept, as holds keep them), while the release is
-    # still going.
+    # once (same task id, its headers kept and its hold count one up, as holds do),
+    # while the release is still going.
     tenant = broker.tenant("tenant.Again")
     target = broker.declare("target")
     for i in range(200):
@@ -328,7 +328,8 @@ def test_a_release_ends_when_what_it_moved_is_held_again(
                     worker.conn.drain_events(timeout=0.1)
                 for raw in received:
                     index = int(raw.headers["id"].split("-")[1])
-                    worker.hold(tenant, index, ("", target), keep=raw.headers)
+                    again = {**raw.headers, "tenant_gate_held": raw.headers["tenant_gate_held"] + 1}
+                    worker.hold(tenant, index, ("", target), keep=again)
                     channel.basic_ack(raw.delivery_tag)
                 received.clear()
         finally:
