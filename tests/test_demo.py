@@ -75,6 +75,9 @@ def test_a_body_started_inside_a_pause_is_counted() -> None:
     assert not summary.ok
     summary = account(published, runs, pauses=[Pause("Cust1", 6.0, None, "Delete")])
     assert summary.run_while_paused == 1
+    # Started within the time a pause takes to reach the workers: not while paused.
+    summary = account(published, runs, pauses=[Pause("Cust1", 4.99, 10.0, "Upgrade")])
+    assert summary.run_while_paused == 0
 
 
 def test_released_tasks_out_of_publish_order_are_counted() -> None:

@@ -254,8 +254,9 @@ def test_on_rabbitmq_a_worker_holding_tasks_keeps_consuming(amqp_url: str, redis
             gate.pause(ctx, "by hand")
             for _ in range(10):
                 app.tasks[tasks.sync_contacts.name].delay(ctx)
-            # One hold takes milliseconds; the stalled worker needed 10 s for each.
-            wait_until(lambda: gate.state(ctx).held == 10, timeout=8, what="10 held")
+            # One hold takes milliseconds; the stalled worker needed 10 s for each (so
+            # 100 s for ten): a bound far above a busy machine's, far below a stall.
+            wait_until(lambda: gate.state(ctx).held == 10, timeout=40, what="10 held")
         finally:
             worker.stop()
             gate.states.close()
