@@ -133,6 +133,19 @@ class ConfirmedProducers:
             yield self._producer
 
 
+@contextmanager
+def _redeclare_on_failure(producer: Any) -> Iterator[None]:
+    """After a failed publish, forget what this connection declared: the next hold
+    declares its tenant queue again (it may have been deleted meanwhile)."""
+    try:
+        yield
+    except Exception:
+        declared = getattr(producer.connection, "declared_entities", None)
+        if declared is not None:
+            declared.clear()
+        raise
+
+
 def hold_message(
     app: Any,
     message: Any,
@@ -159,10 +172,13 @@ def hold_message(
         acquire = producers.acquire()
     else:
         acquire = app.producer_pool.acquire(block=True, timeout=10)
-    with acquire as producer:
+    with acquire as producer, _redeclare_on_failure(producer):
         producer.publish(
             message.body,
             **route,
+            # RabbitMQ: a copy that no queue takes (its tenant queue was deleted) is
+            # returned, which fails the publish: the original stays unacknowledged.
+            mandatory=amqp,
             declare=[tenant_queue(queue, dead_letter=amqp)],
             content_type=message.content_type,
             content_encoding=message.content_encoding,

@@ -395,3 +395,25 @@ def test_released_tasks_are_held_again_by_a_worker_that_never_saw_their_queue(
     ran = harness.wait_ran(3)
     assert [r["id"] for r in ran] == sent
     assert len(harness.ran_now()) == 3
+
+
+@pytest.mark.parametrize("broker", ["amqp"], indirect=True)  # a Redis list just reappears
+def test_a_tenant_queue_deleted_under_a_running_worker_loses_no_hold(
+    env: dict[str, str], harness: Harness, superoffice: FakeSuperOffice
+) -> None:
+    # Someone deletes a tenant queue while a worker that declared it runs: the next
+    # holds must not vanish (RabbitMQ would drop a copy no queue takes, and confirm it).
+    superoffice.set_state("Cust1", "Running")
+    app = _app({**env, "GATE_SWEEP": "3600"})
+    gate = _gate(app)
+    work = app.tasks["gateapp.work"]
+    gate.pause("Cust1", "before the delete")
+    work.delay("Cust1", 0)
+    harness.worker("solo", GATE_SWEEP="3600")
+    wait_until(lambda: gate.state("Cust1").held == 1, what="1 held")
+    with app.connection_for_write() as connection:
+        connection.default_channel.queue_delete(gate.queue_for("Cust1"))  # and its task
+    sent = {work.delay("Cust1", n).id for n in range(1, 4)}
+    wait_until(lambda: gate.state("Cust1").held == 3, what="3 held in a new tenant queue")
+    gate.resume("Cust1")
+    harness.wait_ids(sent)
