@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -62,6 +62,10 @@ class HeldQueues(Protocol):
 
     def count(self, queue: str) -> int:
         """Messages waiting; 0 for a queue that does not exist (never creates it)."""
+        ...
+
+    def count_all(self, queues: Sequence[str]) -> int:
+        """Messages waiting in all of *queues*, in one connection."""
         ...
 
     def peek(self, queue: str, limit: int = 100) -> list[HeldMessage]:

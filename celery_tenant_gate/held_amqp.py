@@ -18,7 +18,7 @@ crash of the releasing process can duplicate a message but never lose one.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from typing import Any
 
@@ -289,6 +289,11 @@ class AmqpHeldQueues:
         """
         with self._connection() as connection:
             return self._ready(connection, queue) or 0
+
+    def count_all(self, queues: Sequence[str]) -> int:
+        """Messages waiting in all of *queues*, over one connection (missing: 0)."""
+        with self._connection() as connection:
+            return sum(self._ready(connection, queue) or 0 for queue in queues)
 
     def peek(self, queue: str, limit: int = 100) -> list[HeldMessage]:
         """The oldest *limit* messages of *queue*, oldest first.

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import redis
@@ -114,9 +114,13 @@ class RedisHeldQueues:
         self._release = client.register_script(_RELEASE)
 
     def count(self, queue: str) -> int:
+        return self.count_all([queue])
+
+    def count_all(self, queues: Sequence[str]) -> int:
         pipe = self.client.pipeline(transaction=False)
-        for key in _keys(queue):
-            pipe.llen(key)
+        for queue in queues:
+            for key in _keys(queue):
+                pipe.llen(key)
         return sum(pipe.execute())
 
     def peek(self, queue: str, limit: int = 100) -> list[HeldMessage]:

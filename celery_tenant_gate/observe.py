@@ -51,8 +51,8 @@ def count_lookups(states: TenantStates) -> Callable[[], int]:
 
 def held_total(gate: Gate) -> int:
     """Messages waiting in every tenant queue that sweeps look at."""
-    queues = gate.held_queues
-    return sum(queues.count(gate.queue_for(ctx)) for ctx in gate.states.store.held_tenants())
+    queues = [gate.queue_for(ctx) for ctx in gate.states.store.held_tenants()]
+    return gate.held_queues.count_all(queues) if queues else 0
 
 
 class WorkerWatch:

@@ -529,3 +529,18 @@ def test_release_by_the_broker_can_be_switched_off(amqp_url: str) -> None:
         assert not any("x-death" in m.headers for m in got)
     finally:
         broker.close()
+
+
+def test_count_all_adds_up_queues_over_one_connection(
+    broker: Broker, held: AmqpHeldQueues
+) -> None:
+    first, second = broker.tenant("tenant.A"), broker.tenant("tenant.B")
+    target = broker.declare("target")
+    for i in range(3):
+        broker.hold(first, i, ("", target))
+    for i in range(2):
+        broker.hold(second, i, ("", target))
+    broker.settle()
+    missing = broker.name("tenant.Gone")
+    assert held.count_all([first, missing, second]) == 5
+    assert broker.ready(missing) is None  # not created
