@@ -390,6 +390,8 @@ class TenantAdmin:
                 f"lost the connection to Redis ({self.redis_url()}) or the broker "
                 f"({self.broker_url()}): {exc}"
             ) from None
+        except AdminError:
+            raise
         except TenantGateError as exc:  # e.g. a release whose tasks lead nowhere
             raise AdminError(str(exc)) from None
         except Exception as exc:  # the broker refused something (an AMQP channel error)
