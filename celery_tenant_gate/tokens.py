@@ -40,6 +40,13 @@ CTX_CLAIM = "http://schemes.superoffice.net/identity/ctx"
 JWKS_TIMEOUT = (3.05, 10.0)
 #: Longest a used token is remembered, whatever its ``exp`` says.
 MAX_TTL = 86_400.0
+_OPTIONS: jwt.types.Options = {
+    "require": ["exp", "iss"],
+    # Checked in _check_times against our own clock, which tests can drive.
+    "verify_exp": False,
+    "verify_nbf": False,
+    "verify_iat": False,
+}
 
 
 class TokenRejected(TenantGateError):
@@ -112,14 +119,6 @@ class TokenVerifier:
         self.jwks_url = jwks_url
         self.refresh_interval = refresh_interval
         self.max_age = max_age
-        self._options: jwt.types.Options = {
-            "require": ["exp", "iss"],
-            "verify_aud": audience is not None,
-            # Checked in _check_times against our own clock, which tests can drive.
-            "verify_exp": False,
-            "verify_nbf": False,
-            "verify_iat": False,
-        }
         self._static_key = None if public_key_pem is None else load_public_key(public_key_pem)
         self._session = session or requests.Session()
         self._clock = clock
@@ -147,7 +146,7 @@ class TokenVerifier:
                 algorithms=[ALGORITHM],
                 issuer=self.issuer,
                 audience=self.audience,
-                options=self._options,
+                options={**_OPTIONS, "verify_aud": self.audience is not None},
             )
         except (jwt.PyJWTError, ValueError, TypeError) as exc:
             raise TokenRejected(str(exc) or type(exc).__name__) from None
