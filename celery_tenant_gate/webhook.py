@@ -38,6 +38,11 @@ Enqueue = Callable[[Notification, dict[str, Any]], None]
 SeenBefore = Callable[[str, float], bool]
 #: Un-record a fingerprint (its notification could not be queued after all).
 Forget = Callable[[str], None]
+#: Record *fingerprint* for *ttl* seconds and queue the notification in one step, both
+#: or neither: True if queued now, False if it had been recorded before (nothing
+#: queued), ``None`` if it cannot be done in one step now (then the three steps above
+#: are taken); raise if it could not be done (then nothing was recorded or queued).
+Keep = Callable[[str, float, Notification, dict[str, Any]], bool | None]
 
 
 @dataclass(frozen=True)
@@ -71,12 +76,18 @@ class WebhookReceiver:
     SuperOffice retries. *seen_before* remembers which notifications were queued
     already (for as long as their token is valid), and *forget* un-records one whose
     queuing failed, so that the retry is not taken for a duplicate (give it: without
-    it, such a retry is answered as a duplicate and lost). Build one for a Celery app
-    with :func:`celery_tenant_gate.webhook_app.receiver_for`::
+    it, such a retry is answered as a duplicate and lost). *keep*, when given, does
+    the recording and the queuing in one step where it can (one Redis round trip);
+    replacing *enqueue*, *seen_before* or *forget* afterwards drops it, as it stands
+    for them. Build one for a Celery app with
+    :func:`celery_tenant_gate.webhook_app.receiver_for`::
 
         receiver = WebhookReceiver(verifier, enqueue, seen_before, forget=forget)
         response = receiver.handle("POST", "application/json", body, len(body))
     """
+
+    #: Records and queues in one step where it can; ``None``: the three steps.
+    keep: Keep | None
 
     def __init__(
         self,
@@ -85,6 +96,7 @@ class WebhookReceiver:
         seen_before: SeenBefore,
         *,
         forget: Forget | None = None,
+        keep: Keep | None = None,
         max_body: int = 65_536,
         pattern: re.Pattern[str] | None = None,
     ) -> None:
@@ -92,9 +104,40 @@ class WebhookReceiver:
         self.enqueue = enqueue
         self.seen_before = seen_before
         self.forget = forget
+        self.keep = keep
         #: Largest body accepted, in bytes; adapters read at most one byte more.
         self.max_body = max_body
         self.pattern = pattern
+
+    @property
+    def enqueue(self) -> Enqueue:
+        """Queues a checked notification (setting it drops :attr:`keep`)."""
+        return self._enqueue
+
+    @enqueue.setter
+    def enqueue(self, enqueue: Enqueue) -> None:
+        self._enqueue = enqueue
+        self.keep = None
+
+    @property
+    def seen_before(self) -> SeenBefore:
+        """Records a fingerprint unless it was recorded (setting it drops :attr:`keep`)."""
+        return self._seen_before
+
+    @seen_before.setter
+    def seen_before(self, seen_before: SeenBefore) -> None:
+        self._seen_before = seen_before
+        self.keep = None
+
+    @property
+    def forget(self) -> Forget | None:
+        """Un-records a fingerprint (setting it drops :attr:`keep`)."""
+        return self._forget_step
+
+    @forget.setter
+    def forget(self, forget: Forget | None) -> None:
+        self._forget_step = forget
+        self.keep = None
 
     def handle(
         self,
@@ -155,12 +198,20 @@ class WebhookReceiver:
             notification.file_version,
         )
         ctx = notification.context_id
+        ttl = self.verifier.ttl(claims)
+        if self.keep is not None:
+            try:
+                kept = self.keep(fingerprint, ttl, notification, claims)
+            except Exception:
+                logger.exception("tenant-gate: could not queue notification for %s", ctx)
+                return _unavailable()
+            if kept is not None:
+                return self._answer_kept(notification, kept)
         try:
             # Recorded before queuing, so that two copies arriving at once are queued
             # once; undone below if queuing fails.
-            if self.seen_before(fingerprint, self.verifier.ttl(claims)):
-                logger.info("tenant-gate: duplicate notification for %s; ignored", ctx)
-                return WebhookResponse.json(202, {"status": "duplicate"})
+            if self.seen_before(fingerprint, ttl):
+                return self._answer_kept(notification, False)
         except Exception:
             logger.exception("tenant-gate: could not check notification for %s for replay", ctx)
             return _unavailable()
@@ -170,6 +221,13 @@ class WebhookReceiver:
             logger.exception("tenant-gate: could not queue notification for %s", ctx)
             self._forget(fingerprint, ctx)
             return _unavailable()
+        return self._answer_kept(notification, True)
+
+    def _answer_kept(self, notification: Notification, queued: bool) -> WebhookResponse:
+        ctx = notification.context_id
+        if not queued:
+            logger.info("tenant-gate: duplicate notification for %s; ignored", ctx)
+            return WebhookResponse.json(202, {"status": "duplicate"})
         logger.info(
             "tenant-gate: queued a %s notification for %s", notification.change_type.name, ctx
         )

@@ -7,6 +7,7 @@ FastAPI and Starlette, each also served for real, get the main answers.
 from __future__ import annotations
 
 import base64
+import contextlib
 import io
 import json
 import logging
@@ -580,6 +581,62 @@ def test_the_kept_broker_connections_survive_the_broker_dropping_them(
                 assert post(address, superoffice.notification(f"Cust{n + 1}", 2)).status_code == 202
         assert client.llen(queue_name) == 6
         client.close()
+
+
+@pytest.mark.parametrize("broker", ["the store's redis", "a redis of its own"])
+def test_when_the_control_queue_refuses_the_answer_is_503_and_nothing_is_recorded(
+    celery_app: Celery,
+    superoffice: FakeSuperOffice,
+    redis_client: redis.Redis,
+    key_prefix: str,
+    broker: str,
+) -> None:
+    from celery_tenant_gate.testing import EmbeddedRedis
+
+    with contextlib.ExitStack() as stack:
+        if broker == "a redis of its own":
+            celery_app.conf.broker_url = stack.enter_context(EmbeddedRedis()).url
+        queue = redis.Redis.from_url(celery_app.conf.broker_url)
+        stack.callback(queue.close)
+        queue_name = celery_app.conf.tenant_gate_control_queue
+        queue.set(queue_name, "not a list")  # every LPUSH to it fails
+        body = superoffice.notification(CTX, 2)
+        with served("asgi", receiver_for(celery_app)) as address:
+            response = post(address, body)
+            assert (response.status_code, response.headers["Retry-After"]) == (503, "5")
+            assert list(redis_client.scan_iter(f"{key_prefix}:seen:*")) == []
+            queue.delete(queue_name)
+            assert post(address, body).json() == {"status": "accepted"}  # SuperOffice's retry
+            assert post(address, body).json() == {"status": "duplicate"}
+        assert queue.llen(queue_name) == 1
+        queue.delete(queue_name, f"_kombu.binding.{queue_name}")
+
+
+def test_task_publish_signals_see_every_control_task(
+    celery_app: Celery, superoffice: FakeSuperOffice, redis_client: redis.Redis
+) -> None:
+    # Tracing libraries add their headers in before_task_publish: while anything
+    # listens, the control task goes through kombu, as any task would.
+    from celery import signals
+
+    seen: list[str] = []
+
+    def before(sender: str, headers: dict[str, Any], **kwargs: Any) -> None:
+        headers["traceparent"] = "00-trace-span-01"
+        seen.append(sender)
+
+    signals.before_task_publish.connect(before, weak=False)
+    try:
+        with served("asgi", receiver_for(celery_app)) as address:
+            for n in range(3):
+                assert post(address, superoffice.notification(f"Cust{n + 1}", 2)).ok
+    finally:
+        signals.before_task_publish.disconnect(before)
+    assert seen == [CONTROL_TASK] * 3
+    queue_name = celery_app.conf.tenant_gate_control_queue
+    messages = [json.loads(raw) for raw in redis_client.lrange(queue_name, 0, -1)]
+    assert [m["headers"]["traceparent"] for m in messages] == ["00-trace-span-01"] * 3
+    redis_client.delete(queue_name, f"_kombu.binding.{queue_name}")
 
 
 def test_receiver_for_is_cached_on_the_app(celery_app: Celery) -> None:
