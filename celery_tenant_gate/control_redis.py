@@ -21,8 +21,9 @@ from __future__ import annotations
 
 import base64
 import math
+import os
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import redis
@@ -32,6 +33,7 @@ from kombu.entity import maybe_delivery_mode
 from kombu.serialization import dumps
 from kombu.transport import redis as kombu_redis
 from kombu.utils.json import dumps as json_dumps
+from redis.exceptions import NoScriptError
 
 from .config import CONTROL_TASK
 
@@ -64,18 +66,6 @@ def task_kwargsrepr(amqp: Any, kwargs: Mapping[str, Any]) -> str:
     return text
 
 
-def publish_is_observed(app: Any) -> bool:
-    """True when something watches task publishing: ``before_task_publish``,
-    ``after_task_publish`` or ``task_sent`` receivers (tracing libraries add headers
-    there), or ``task_send_sent_event``. Then only kombu's path does what they expect."""
-    return bool(
-        signals.before_task_publish.receivers
-        or signals.after_task_publish.receivers
-        or signals.task_sent.receivers
-        or app.conf.task_send_sent_event
-    )
-
-
 class RedisControlQueue:
     """The control queue of a Redis broker, written directly; build it with
     :func:`redis_control_queue`, which checks that this is what kombu would do."""
@@ -103,14 +93,32 @@ class RedisControlQueue:
         conf = app.conf
         self._serializer = conf.task_serializer
         self._compression = conf.task_compression
+        self._sent_event = bool(conf.task_send_sent_event)
         self._delivery_mode = maybe_delivery_mode(conf.task_default_delivery_mode)  # type: ignore[no-untyped-call]
-        self._keep = client.register_script(_KEEP)
+        self._sha = client.register_script(_KEEP).sha
+        self._single = redis.Redis(
+            connection_pool=client.connection_pool, single_connection_client=True
+        )
+
+    def observed(self) -> bool:
+        """True when something watches task publishing: ``before_task_publish``,
+        ``after_task_publish`` or ``task_sent`` receivers (tracing libraries add
+        headers there), or ``task_send_sent_event``. Then only kombu's path does what
+        they expect: do not write directly."""
+        return bool(
+            signals.before_task_publish.receivers
+            or signals.after_task_publish.receivers
+            or signals.task_sent.receivers
+            or self._sent_event
+        )
 
     def message(self, kwargs: Mapping[str, Any]) -> tuple[str, str]:
         """The control task with *kwargs*: its id, and the message as kombu's Redis
         transport stores it."""
         amqp = self.app.amqp
-        task_id = str(uuid.uuid4())
+        # Two uuid4s (the task id; kombu's delivery tag) from one read of urandom.
+        random = os.urandom(32)
+        task_id = str(uuid.UUID(bytes=random[:16], version=4))
         # celery.app.amqp.AMQP.send_task_message, then kombu's Producer.publish.
         headers, properties, body, _sent_event = amqp.as_task_v2(
             task_id,
@@ -128,7 +136,7 @@ class RedisControlQueue:
         properties["delivery_info"] = {"exchange": "", "routing_key": self.queue}
         properties["priority"] = 0
         properties["body_encoding"] = "base64"
-        properties["delivery_tag"] = str(uuid.uuid4())
+        properties["delivery_tag"] = str(uuid.UUID(bytes=random[16:], version=4))
         encoded = data.encode("utf-8") if isinstance(data, str) else data
         envelope = {
             "body": base64.b64encode(encoded).decode("ascii"),
@@ -145,18 +153,46 @@ class RedisControlQueue:
         self.client.lpush(self.key, message)
         return task_id
 
-    def keep(self, record: str, ttl: float, kwargs: Mapping[str, Any]) -> bool:
-        """Set the key *record* for *ttl* seconds unless it exists and, if it did not,
-        queue one control task with *kwargs*: both or neither, in one round trip.
+    def keep(
+        self, notifications: Sequence[tuple[str, float, Mapping[str, Any]]]
+    ) -> list[bool | Exception]:
+        """For each ``(record, ttl, kwargs)``: set the key *record* for *ttl* seconds
+        unless it exists and, if it did not, queue a control task with *kwargs*: both
+        or neither. All in one round trip (a pipeline of the script).
 
-        True if recorded and queued now, False if the record was there already
-        (nothing queued). Only when :attr:`same_as_store`.
+        For each, in order: True if recorded and queued now, False if the record was
+        there already (nothing queued), or the error of that one (nothing written).
+        Raises if the round trip failed. Only when :attr:`same_as_store`.
         """
         if not self.same_as_store:
             raise RuntimeError("keep() needs the broker to be the shared store's Redis")
-        task_id, message = self.message(kwargs)
-        kept = self._keep(keys=[record, self.key], args=[task_id, math.ceil(ttl), message])
-        return bool(kept)
+        calls = []
+        for record, ttl, kwargs in notifications:
+            task_id, message = self.message(kwargs)
+            calls.append((record, self.key, task_id, math.ceil(ttl), message))
+        results: list[Any] = self._run(calls)
+        if any(isinstance(result, NoScriptError) for result in results):
+            # Not run (a restarted or flushed Redis): load the script, run those again.
+            self.client.script_load(_KEEP)
+            again = [c for c, r in zip(calls, results, strict=True) if isinstance(r, NoScriptError)]
+            redone = iter(self._run(again))
+            results = [next(redone) if isinstance(r, NoScriptError) else r for r in results]
+        return [r if isinstance(r, Exception) else bool(r) for r in results]
+
+    def _run(self, calls: list[tuple[str, str, str, int, str]]) -> list[Any]:
+        if len(calls) == 1:
+            # One command on a kept connection: a pipeline takes a connection from
+            # the pool each time, and checks it, which costs more system calls than
+            # the command itself.
+            record, key, task_id, ttl, message = calls[0]
+            try:
+                return [self._single.evalsha(self._sha, 2, record, key, task_id, ttl, message)]
+            except redis.ResponseError as error:
+                return [error]
+        pipe = self.client.pipeline(transaction=False)
+        for record, key, task_id, ttl, message in calls:
+            pipe.evalsha(self._sha, 2, record, key, task_id, ttl, message)
+        return pipe.execute(raise_on_error=False)
 
 
 def redis_control_queue(app: Any, queue: str, store: redis.Redis) -> RedisControlQueue | None:

@@ -11,6 +11,7 @@ import math
 import threading
 import time
 import uuid
+from collections.abc import Sequence
 from typing import Any
 
 import redis
@@ -19,7 +20,6 @@ from . import metrics
 from .config import CONTROL_TASK, PREFIX, GateConfig, gate_config
 from .control_redis import (
     RedisControlQueue,
-    publish_is_observed,
     redis_control_queue,
     task_kwargsrepr,
 )
@@ -27,7 +27,7 @@ from .errors import ConfigError
 from .ids import compile_pattern
 from .notification import Notification
 from .tokens import TokenVerifier
-from .webhook import WebhookReceiver
+from .webhook import Checked, WebhookReceiver
 
 _lock = threading.Lock()
 
@@ -83,18 +83,21 @@ def _make_receiver(app: Any, config: GateConfig) -> WebhookReceiver:
 
     def enqueue(notification: Notification, claims: dict[str, Any]) -> None:
         queue = direct.get()
-        if queue is None or publish_is_observed(app):
+        if queue is None or queue.observed():
             sender.send(control_kwargs(notification, claims))
         else:
             queue.push(control_kwargs(notification, claims))
 
-    def keep(
-        fingerprint: str, ttl: float, notification: Notification, claims: dict[str, Any]
-    ) -> bool | None:
+    def keep(checked: Sequence[Checked]) -> Sequence[bool | Exception | None]:
         queue = direct.get()
-        if queue is None or not queue.same_as_store or publish_is_observed(app):
-            return None  # one step per server: seen_before, enqueue (and forget)
-        return queue.keep(record(fingerprint), ttl, control_kwargs(notification, claims))
+        if queue is None or not queue.same_as_store or queue.observed():
+            return [None] * len(checked)  # a step a server: seen_before, enqueue, forget
+        return queue.keep(
+            [
+                (record(one.fingerprint), one.ttl, control_kwargs(one.notification, one.claims))
+                for one in checked
+            ]
+        )
 
     return WebhookReceiver(
         verifier,

@@ -76,8 +76,8 @@ def test_keep_records_and_queues_once(
     direct = redis_control_queue(make_app(redis_url), queue_name, redis.Redis.from_url(redis_url))
     assert direct is not None
     record = f"{key_prefix}:seen:abc"
-    assert direct.keep(record, 30.2, KWARGS) is True
-    assert direct.keep(record, 30.2, KWARGS) is False
+    assert direct.keep([(record, 30.2, KWARGS)]) == [True]
+    assert direct.keep([(record, 30.2, KWARGS)]) == [False]
     assert redis_client.llen(direct.key) == 1
     assert 30 <= redis_client.ttl(record) <= 31
     # The record holds the id of the control task it queued.
@@ -85,20 +85,53 @@ def test_keep_records_and_queues_once(
     assert redis_client.get(record) == message["headers"]["id"].encode()
 
 
-def test_a_retried_keep_of_the_same_attempt_counts_as_kept(
+def test_keep_answers_for_each_of_several_in_one_round_trip(
     redis_url: str, redis_client: redis.Redis, queue_name: str, key_prefix: str
 ) -> None:
-    # redis-py runs a command again when the connection drops before its answer: the
-    # script then finds its own record and must not report a duplicate.
+    direct = redis_control_queue(make_app(redis_url), queue_name, redis.Redis.from_url(redis_url))
+    assert direct is not None
+    seen, broken = f"{key_prefix}:seen:old", f"{key_prefix}:seen:broken"
+    direct.keep([(seen, 30, KWARGS)])
+    redis_client.rpush(broken, "a list, not a record")  # reading it fails: WRONGTYPE
+    fresh = [(f"{key_prefix}:seen:{n}", 30, {**KWARGS, "n": n}) for n in range(3)]
+    outcome = direct.keep([fresh[0], (seen, 30, KWARGS), fresh[1], (broken, 30, KWARGS), fresh[2]])
+    assert outcome[:3] == [True, False, True] and outcome[4] is True
+    assert isinstance(outcome[3], redis.ResponseError)
+    queued = [json.loads(raw) for raw in redis_client.lrange(direct.key, 0, -1)]
+    assert len(queued) == 4  # the first one, then three fresh ones, in order
+    assert [m["headers"]["kwargsrepr"] for m in queued[:3]] == [
+        repr({**KWARGS, "n": n}) for n in (2, 1, 0)
+    ]
+
+
+def test_a_retried_round_trip_counts_as_kept(
+    redis_url: str, redis_client: redis.Redis, queue_name: str, key_prefix: str
+) -> None:
+    # redis-py sends a pipeline again when the connection drops before its answer: the
+    # script then finds its own record (this attempt's task id) and is not a duplicate.
     direct = redis_control_queue(make_app(redis_url), queue_name, redis.Redis.from_url(redis_url))
     assert direct is not None
     record = f"{key_prefix}:seen:abc"
     task_id, message = direct.message(KWARGS)
-    run = direct._keep  # the script, as redis-py's retry would run it again
-    assert run(keys=[record, direct.key], args=[task_id, 30, message]) == 1
-    assert run(keys=[record, direct.key], args=[task_id, 30, message]) == 1
-    assert run(keys=[record, direct.key], args=[str(uuid.uuid4()), 30, message]) == 0
+    call = (record, direct.key, task_id, 30, message)
+    assert direct._run([call]) == [1]
+    assert direct._run([call]) == [1]
+    assert direct._run([(record, direct.key, str(uuid.uuid4()), 30, message)]) == [0]
     assert redis_client.llen(direct.key) == 1
+
+
+def test_a_redis_that_lost_its_scripts_is_given_it_again(queue_name: str) -> None:
+    from celery_tenant_gate.testing import EmbeddedRedis
+
+    with EmbeddedRedis() as server:
+        client = redis.Redis.from_url(server.url)
+        direct = redis_control_queue(make_app(server.url), queue_name, client)
+        assert direct is not None
+        assert direct.keep([("seen:1", 30, KWARGS)]) == [True]
+        client.script_flush()  # as after a restart
+        assert direct.keep([("seen:2", 30, KWARGS), ("seen:1", 30, KWARGS)]) == [True, False]
+        assert client.llen(direct.key) == 2
+        client.close()
 
 
 def test_when_the_push_fails_nothing_is_recorded(
@@ -108,8 +141,8 @@ def test_when_the_push_fails_nothing_is_recorded(
     assert direct is not None
     redis_client.set(direct.key, "not a list")
     record = f"{key_prefix}:seen:abc"
-    with pytest.raises(redis.ResponseError, match="WRONGTYPE"):
-        direct.keep(record, 30, KWARGS)
+    [outcome] = direct.keep([(record, 30, KWARGS)])
+    assert isinstance(outcome, redis.ResponseError) and "WRONGTYPE" in str(outcome)
     assert redis_client.exists(record) == 0
 
 
@@ -121,7 +154,7 @@ def test_another_redis_as_broker_is_pushed_to_on_its_own(redis_url: str, queue_n
         direct = redis_control_queue(app, queue_name, redis.Redis.from_url(redis_url))
         assert direct is not None and not direct.same_as_store
         with pytest.raises(RuntimeError, match="shared store"):
-            direct.keep("any", 1, KWARGS)
+            direct.keep([("any", 1, KWARGS)])
         direct.push(KWARGS)
         assert redis.Redis.from_url(broker.url).llen(queue_name) == 1
         direct.client.close()
