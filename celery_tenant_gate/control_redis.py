@@ -10,7 +10,8 @@ transport writes it (``Channel.basic_publish`` in ``kombu/transport/virtual/base
 ``delivery_tag``, ``delivery_info``, ``LPUSH`` to the queue's list for priority 0).
 When the broker is the Redis of the shared store, the push is made in one Lua script
 with the webhook's replay record: a verified notification costs one round trip, and
-the record and the message are written together or not at all.
+the record and the message are written together or not at all. Notifications answered
+together go in one pipeline: one round trip for all of them.
 
 It is used only where it is the same as kombu's path (see :func:`redis_control_queue`);
 everywhere else (RabbitMQ, Sentinel, a route or setting that changes the message) the
@@ -96,8 +97,13 @@ class RedisControlQueue:
         self._sent_event = bool(conf.task_send_sent_event)
         self._delivery_mode = maybe_delivery_mode(conf.task_default_delivery_mode)  # type: ignore[no-untyped-call]
         self._sha = client.register_script(_KEEP).sha
-        self._single = redis.Redis(
-            connection_pool=client.connection_pool, single_connection_client=True
+        #: For a batch of one: a connection of the pool kept for it (a pipeline checks
+        #: one out of the pool each time, and checks it, which costs more system
+        #: calls than the command itself).
+        self._single = (
+            redis.Redis(connection_pool=client.connection_pool, single_connection_client=True)
+            if same_as_store
+            else None
         )
 
     def observed(self) -> bool:
@@ -180,10 +186,7 @@ class RedisControlQueue:
         return [r if isinstance(r, Exception) else bool(r) for r in results]
 
     def _run(self, calls: list[tuple[str, str, str, int, str]]) -> list[Any]:
-        if len(calls) == 1:
-            # One command on a kept connection: a pipeline takes a connection from
-            # the pool each time, and checks it, which costs more system calls than
-            # the command itself.
+        if len(calls) == 1 and self._single is not None:
             record, key, task_id, ttl, message = calls[0]
             try:
                 return [self._single.evalsha(self._sha, 2, record, key, task_id, ttl, message)]
@@ -204,8 +207,8 @@ def redis_control_queue(app: Any, queue: str, store: redis.Redis) -> RedisContro
     client of the shared store: when it is the broker's Redis (same server, database
     and credentials), :meth:`RedisControlQueue.keep` writes both in one script.
 
-    ``None`` (kombu's path, then) unless: task protocol 2, no compression other than
-    kombu's own codecs; the control task's route names only the queue (no
+    ``None`` (kombu's path, then) unless: task protocol 2; the control task's route
+    names only the queue (no
     ``task_routes`` entry for it giving an exchange, routing key, priority or
     options), a queue of a direct exchange without expiry (``x-expires``); the broker
     is kombu's Redis transport with a plain connection pool (not Sentinel) and base64
@@ -232,7 +235,8 @@ def redis_control_queue(app: Any, queue: str, store: redis.Redis) -> RedisContro
             max_connections=pool.max_connections,
             **kwargs,
         )
-    same = _identity(store.connection_pool) == _identity(broker_pool)
+    identity = _identity(broker_pool)
+    same = identity is not None and identity == _identity(store.connection_pool)
     if same:
         broker_pool.disconnect()
     client = store if same else redis.Redis(connection_pool=broker_pool)
