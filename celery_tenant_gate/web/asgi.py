@@ -120,9 +120,13 @@ class _Batches:
             self.busy = False
             return
         requests = [request for request, _ in batch]
-        answered = asyncio.get_running_loop().run_in_executor(
-            None, self.receiver.handle_many, requests
-        )
+        loop = asyncio.get_running_loop()
+        try:
+            answered = loop.run_in_executor(None, self.receiver.handle_many, requests)
+        except RuntimeError as exc:  # the executor was shut down: the loop is closing
+            failed: asyncio.Future[list[WebhookResponse]] = loop.create_future()
+            failed.set_exception(exc)
+            answered = failed
         answered.add_done_callback(lambda done: self._done(batch, done))
 
     def _done(
