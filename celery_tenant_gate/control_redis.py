@@ -211,15 +211,18 @@ def redis_control_queue(app: Any, queue: str, store: redis.Redis) -> RedisContro
     names only the queue (no
     ``task_routes`` entry for it giving an exchange, routing key, priority or
     options), a queue of a direct exchange without expiry (``x-expires``); the broker
-    is kombu's Redis transport with a plain connection pool (not Sentinel) and base64
-    bodies. Custom ``priority_steps``, ``sep`` and ``global_keyprefix`` transport
-    options are honoured: the list is the one kombu's ``_put`` computes.
+    is one URL (no failover list) of kombu's Redis transport with a plain connection
+    pool (not Sentinel) and base64 bodies. Custom ``priority_steps``, ``sep`` and
+    ``global_keyprefix`` transport options are honoured: the list is the one kombu's
+    ``_put`` computes.
     """
     if not _plain_route(app, queue):
         return None
     with app.connection_for_write() as connection:
-        if not isinstance(connection.transport, kombu_redis.Transport):
-            return None  # RabbitMQ, or another transport: never connected to here
+        if not isinstance(connection.transport, kombu_redis.Transport) or connection.alt:
+            # RabbitMQ or another transport (never connected to here), or failover
+            # URLs: kombu moves to the next one when one fails.
+            return None
         channel = connection.default_channel
         if (
             type(channel.pool) is not redis.ConnectionPool  # Sentinel's is a subclass

@@ -201,3 +201,8 @@ def test_kombu_sends_it_where_the_message_would_differ(
 def test_rabbitmq_keeps_kombus_path(amqp_url: str, redis_url: str, queue_name: str) -> None:
     app = make_app(amqp_url)
     assert redis_control_queue(app, queue_name, redis.Redis.from_url(redis_url)) is None
+
+
+def test_failover_urls_keep_kombus_path(redis_url: str, queue_name: str) -> None:
+    app = make_app(f"{redis_url};redis://127.0.0.1:1/0")  # kombu fails over to the next
+    assert redis_control_queue(app, queue_name, redis.Redis.from_url(redis_url)) is None
