@@ -220,7 +220,7 @@ def _unverified_header(token: str) -> dict[str, Any]:
 
     Only the header segment is decoded: ``jwt.get_unverified_header`` decodes (and
     checks character by character) all three, and ``jwt.decode`` does it all again,
-    which was a quarter of a notification's cost. This read may be lenient:
+    which was a quarter of the verification's cost. This read may be lenient:
     ``jwt.decode`` checks the whole token strictly afterwards, header included.
     """
     segment, _, rest = token.partition(".")
