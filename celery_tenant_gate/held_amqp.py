@@ -330,7 +330,7 @@ class AmqpHeldQueues:
         return "", self.default_queue
 
     def release(
-        self, queue: str, *, marker: str, batch: int = 2000, on_moved: OnMoved | None = None
+        self, queue: str, *, marker: str, batch: int = 5000, on_moved: OnMoved | None = None
     ) -> int:
         """Move every message of *queue* to where it was meant to go, oldest first.
 

@@ -22,9 +22,9 @@ from __future__ import annotations
 import json
 import logging
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from .metrics import metrics
 from .notification import BadNotification, Notification, parse_notification
@@ -38,6 +38,35 @@ Enqueue = Callable[[Notification, dict[str, Any]], None]
 SeenBefore = Callable[[str, float], bool]
 #: Un-record a fingerprint (its notification could not be queued after all).
 Forget = Callable[[str], None]
+
+
+class WebhookRequest(NamedTuple):
+    """What the receiver needs of one HTTP request (*body* ``None``: not read)."""
+
+    method: str
+    content_type: str | None
+    body: bytes | None
+    content_length: int | None
+
+
+@dataclass(frozen=True)
+class Checked:
+    """A notification that passed every check, to be recorded and queued."""
+
+    notification: Notification
+    #: The claims of its verified token.
+    claims: dict[str, Any]
+    #: What identifies it for the replay record (its token and fields, hashed).
+    fingerprint: str
+    #: Seconds to remember it: its token's remaining lifetime.
+    ttl: float
+
+
+#: Record and queue checked notifications, each in one step (both or neither). For
+#: each, in order: True if queued now, False if recorded before (nothing queued),
+#: ``None`` if that cannot be done in one step now (then *seen_before*, *enqueue* and
+#: *forget* are used), or the exception that stopped it (nothing recorded or queued).
+Keep = Callable[[Sequence[Checked]], Sequence[bool | Exception | None]]
 
 
 @dataclass(frozen=True)
@@ -71,12 +100,18 @@ class WebhookReceiver:
     SuperOffice retries. *seen_before* remembers which notifications were queued
     already (for as long as their token is valid), and *forget* un-records one whose
     queuing failed, so that the retry is not taken for a duplicate (give it: without
-    it, such a retry is answered as a duplicate and lost). Build one for a Celery app
-    with :func:`celery_tenant_gate.webhook_app.receiver_for`::
+    it, such a retry is answered as a duplicate and lost). *keep*, when given, does
+    the recording and the queuing in one step where it can (one Redis round trip);
+    replacing *enqueue*, *seen_before* or *forget* afterwards drops it, as it stands
+    for them. Build one for a Celery app with
+    :func:`celery_tenant_gate.webhook_app.receiver_for`::
 
         receiver = WebhookReceiver(verifier, enqueue, seen_before, forget=forget)
         response = receiver.handle("POST", "application/json", body, len(body))
     """
+
+    #: Records and queues in one step where it can; ``None``: the three steps.
+    keep: Keep | None
 
     def __init__(
         self,
@@ -85,6 +120,7 @@ class WebhookReceiver:
         seen_before: SeenBefore,
         *,
         forget: Forget | None = None,
+        keep: Keep | None = None,
         max_body: int = 65_536,
         pattern: re.Pattern[str] | None = None,
     ) -> None:
@@ -92,9 +128,40 @@ class WebhookReceiver:
         self.enqueue = enqueue
         self.seen_before = seen_before
         self.forget = forget
+        self.keep = keep
         #: Largest body accepted, in bytes; adapters read at most one byte more.
         self.max_body = max_body
         self.pattern = pattern
+
+    @property
+    def enqueue(self) -> Enqueue:
+        """Queues a checked notification (setting it drops :attr:`keep`)."""
+        return self._enqueue
+
+    @enqueue.setter
+    def enqueue(self, enqueue: Enqueue) -> None:
+        self._enqueue = enqueue
+        self.keep = None
+
+    @property
+    def seen_before(self) -> SeenBefore:
+        """Records a fingerprint unless it was recorded (setting it drops :attr:`keep`)."""
+        return self._seen_before
+
+    @seen_before.setter
+    def seen_before(self, seen_before: SeenBefore) -> None:
+        self._seen_before = seen_before
+        self.keep = None
+
+    @property
+    def forget(self) -> Forget | None:
+        """Un-records a fingerprint (setting it drops :attr:`keep`)."""
+        return self._forget_step
+
+    @forget.setter
+    def forget(self, forget: Forget | None) -> None:
+        self._forget_step = forget
+        self.keep = None
 
     def handle(
         self,
@@ -104,17 +171,27 @@ class WebhookReceiver:
         content_length: int | None,
     ) -> WebhookResponse:
         """Answer one request. *body* may be ``None`` when it was not read (not a POST)."""
-        response = self._answer(method, content_type, body, content_length)
-        metrics().webhook_response(response.status)
-        return response
+        return self.handle_many([WebhookRequest(method, content_type, body, content_length)])[0]
 
-    def _answer(
+    def handle_many(self, requests: Sequence[WebhookRequest]) -> list[WebhookResponse]:
+        """Answer several requests, each as :meth:`handle` would: the notifications that
+        pass the checks are recorded and queued together (one :attr:`keep` call, one
+        Redis round trip for all of them where it can be done in one step)."""
+        answers = [self._check(*request) for request in requests]
+        checked = [answer for answer in answers if isinstance(answer, Checked)]
+        queued = iter(self._queue(checked) if checked else ())
+        responses = [next(queued) if isinstance(a, Checked) else a for a in answers]
+        for response in responses:
+            metrics().webhook_response(response.status)
+        return responses
+
+    def _check(
         self,
         method: str,
         content_type: str | None,
         body: bytes | None,
         content_length: int | None,
-    ) -> WebhookResponse:
+    ) -> WebhookResponse | Checked:
         if method.upper() != "POST":
             return _error(405, "only POST is allowed", headers={"Allow": "POST"})
         if (content_length is not None and content_length > self.max_body) or (
@@ -141,9 +218,6 @@ class WebhookReceiver:
             return _error(
                 401, "invalid token", headers={"WWW-Authenticate": 'Bearer error="invalid_token"'}
             )
-        return self._queue_once(notification, claims)
-
-    def _queue_once(self, notification: Notification, claims: dict[str, Any]) -> WebhookResponse:
         # The token and the fields together: a token SuperOffice reuses for several
         # notifications must not make the later ones look like replays.
         fingerprint = token_fingerprint(
@@ -154,26 +228,48 @@ class WebhookReceiver:
             notification.version_name,
             notification.file_version,
         )
+        return Checked(notification, claims, fingerprint, self.verifier.ttl(claims))
+
+    def _queue(self, checked: list[Checked]) -> list[WebhookResponse]:
+        kept: Sequence[bool | Exception | None] = [None] * len(checked)
+        if self.keep is not None:
+            try:
+                kept = self.keep(checked)
+            except Exception as exc:
+                kept = [exc] * len(checked)
+        responses = []
+        for one, outcome in zip(checked, kept, strict=True):
+            if outcome is None:
+                responses.append(self._queue_in_steps(one))
+            elif isinstance(outcome, Exception):
+                logger.error(
+                    "tenant-gate: could not queue notification for %s",
+                    one.notification.context_id,
+                    exc_info=outcome,
+                )
+                responses.append(_unavailable())
+            else:
+                responses.append(_answer_kept(one.notification, outcome))
+        return responses
+
+    def _queue_in_steps(self, checked: Checked) -> WebhookResponse:
+        notification, fingerprint = checked.notification, checked.fingerprint
         ctx = notification.context_id
         try:
             # Recorded before queuing, so that two copies arriving at once are queued
             # once; undone below if queuing fails.
-            if self.seen_before(fingerprint, self.verifier.ttl(claims)):
-                logger.info("tenant-gate: duplicate notification for %s; ignored", ctx)
-                return WebhookResponse.json(202, {"status": "duplicate"})
+            if self.seen_before(fingerprint, checked.ttl):
+                return _answer_kept(notification, False)
         except Exception:
             logger.exception("tenant-gate: could not check notification for %s for replay", ctx)
             return _unavailable()
         try:
-            self.enqueue(notification, claims)
+            self.enqueue(notification, checked.claims)
         except Exception:
             logger.exception("tenant-gate: could not queue notification for %s", ctx)
             self._forget(fingerprint, ctx)
             return _unavailable()
-        logger.info(
-            "tenant-gate: queued a %s notification for %s", notification.change_type.name, ctx
-        )
-        return WebhookResponse.json(202, {"status": "accepted"})
+        return _answer_kept(notification, True)
 
     def _forget(self, fingerprint: str, ctx: str) -> None:
         if self.forget is None:
@@ -186,6 +282,15 @@ class WebhookReceiver:
                 "its retry will be taken for a duplicate",
                 ctx,
             )
+
+
+def _answer_kept(notification: Notification, queued: bool) -> WebhookResponse:
+    ctx = notification.context_id
+    if not queued:
+        logger.info("tenant-gate: duplicate notification for %s; ignored", ctx)
+        return WebhookResponse.json(202, {"status": "duplicate"})
+    logger.info("tenant-gate: queued a %s notification for %s", notification.change_type.name, ctx)
+    return WebhookResponse.json(202, {"status": "accepted"})
 
 
 def _is_json(content_type: str | None) -> bool:

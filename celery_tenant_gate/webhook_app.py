@@ -11,17 +11,23 @@ import math
 import threading
 import time
 import uuid
+from collections.abc import Sequence
 from typing import Any
 
 import redis
 
 from . import metrics
 from .config import CONTROL_TASK, PREFIX, GateConfig, gate_config
+from .control_redis import (
+    RedisControlQueue,
+    redis_control_queue,
+    task_kwargsrepr,
+)
 from .errors import ConfigError
 from .ids import compile_pattern
 from .notification import Notification
 from .tokens import TokenVerifier
-from .webhook import WebhookReceiver
+from .webhook import Checked, WebhookReceiver
 
 _lock = threading.Lock()
 
@@ -32,7 +38,9 @@ def receiver_for(app: Any) -> WebhookReceiver:
     Tokens are checked with the ``tenant_gate_webhook_*`` settings; replays are
     remembered in Redis (``{key_prefix}:seen:{fingerprint}``, for as long as the token
     is valid); a good notification is sent as the task ``tenant_gate.control`` to the
-    ``tenant_gate_control_queue``.
+    ``tenant_gate_control_queue``. On a Redis broker the task message is written
+    directly (:mod:`celery_tenant_gate.control_redis`), together with the replay
+    record when the broker is the shared store's Redis; elsewhere it goes through kombu.
     """
     with _lock:
         receiver: WebhookReceiver | None = getattr(app, "_tenant_gate_receiver", None)
@@ -61,26 +69,65 @@ def _make_receiver(app: Any, config: GateConfig) -> WebhookReceiver:
     client = redis.Redis.from_url(config.require_redis_url())
     prefix = config.key_prefix
 
+    def record(fingerprint: str) -> str:
+        return f"{prefix}:seen:{fingerprint}"
+
     def seen_before(fingerprint: str, ttl: float) -> bool:
-        recorded = client.set(f"{prefix}:seen:{fingerprint}", 1, nx=True, ex=math.ceil(ttl))
-        return not recorded
+        return not client.set(record(fingerprint), 1, nx=True, ex=math.ceil(ttl))
 
     def forget(fingerprint: str) -> None:
-        client.delete(f"{prefix}:seen:{fingerprint}")
+        client.delete(record(fingerprint))
 
     sender = ControlSender(app, config.control_queue)
+    direct = _DirectQueue(app, config.control_queue, client)
 
     def enqueue(notification: Notification, claims: dict[str, Any]) -> None:
-        sender.send(control_kwargs(notification, claims))
+        queue = direct.get()
+        if queue is None or queue.observed():
+            sender.send(control_kwargs(notification, claims))
+        else:
+            queue.push(control_kwargs(notification, claims))
+
+    def keep(checked: Sequence[Checked]) -> Sequence[bool | Exception | None]:
+        queue = direct.get()
+        if queue is None or not queue.same_as_store or queue.observed():
+            return [None] * len(checked)  # a step a server: seen_before, enqueue, forget
+        return queue.keep(
+            [
+                (record(one.fingerprint), one.ttl, control_kwargs(one.notification, one.claims))
+                for one in checked
+            ]
+        )
 
     return WebhookReceiver(
         verifier,
         enqueue,
         seen_before,
         forget=forget,
+        keep=keep,
         max_body=config.webhook_max_body,
         pattern=compile_pattern(config.tenant_id_pattern),
     )
+
+
+class _DirectQueue:
+    """:func:`redis_control_queue`, worked out at the first notification (it connects
+    to the broker; a web app is often built before the broker can be reached). A
+    failure is raised (the answer is 503) and tried again at the next notification."""
+
+    def __init__(self, app: Any, queue: str, store: redis.Redis) -> None:
+        self.app, self.queue, self.store = app, queue, store
+        self._lock = threading.Lock()
+        self._known = False
+        self._queue: RedisControlQueue | None = None
+
+    def get(self) -> RedisControlQueue | None:
+        if not self._known:
+            with self._lock:
+                if not self._known:
+                    self._queue = redis_control_queue(self.app, self.queue, self.store)
+                    self._known = True
+        return self._queue
 
 
 class ControlSender:
@@ -113,11 +160,13 @@ class ControlSender:
         """Publish one control task with *kwargs*; its task id."""
         amqp = self.app.amqp
         task_id = str(uuid.uuid4())
-        kwargsrepr = repr(kwargs)
-        if len(kwargsrepr) > amqp.kwargsrepr_maxsize:
-            kwargsrepr = kwargsrepr[: amqp.kwargsrepr_maxsize - 3] + "..."
         message = amqp.create_task_message(
-            task_id, CONTROL_TASK, (), kwargs, argsrepr="()", kwargsrepr=kwargsrepr
+            task_id,
+            CONTROL_TASK,
+            (),
+            kwargs,
+            argsrepr="()",
+            kwargsrepr=task_kwargsrepr(amqp, kwargs),
         )
         producer = self._take()
         try:

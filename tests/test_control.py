@@ -6,14 +6,17 @@ import random
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import gateapp
 import pytest
+import redis
 from workers import Harness, wait_until, worker_env
 
 from celery_tenant_gate import gate_for
 from celery_tenant_gate.control import CONTROL_TASK
+from celery_tenant_gate.control_redis import redis_control_queue
 from celery_tenant_gate.gate import Gate
 from celery_tenant_gate.notification import ChangeType
 from celery_tenant_gate.testing import FakeSuperOffice
@@ -74,8 +77,8 @@ def test_upgrade_pauses_on_two_workers_and_resumes_without_a_resume_notification
     assert not _paused(gate, "Cust1")
 
 
-@pytest.fixture
-def webhook_url(env: dict[str, str], superoffice: FakeSuperOffice) -> Iterator[str]:
+@contextmanager
+def served_webhook(env: dict[str, str], superoffice: FakeSuperOffice) -> Iterator[str]:
     """The app's webhook, served over real HTTP on loopback by plain WSGI."""
     from wsgiref.simple_server import WSGIRequestHandler, make_server
 
@@ -89,10 +92,26 @@ def webhook_url(env: dict[str, str], superoffice: FakeSuperOffice) -> Iterator[s
     server = make_server("127.0.0.1", 0, make_wsgi_app(gateapp.make_app(env)), handler_class=Quiet)
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
     thread.start()
-    yield f"http://127.0.0.1:{server.server_port}/"
-    server.shutdown()
-    thread.join(10)
-    server.server_close()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}/"
+    finally:
+        server.shutdown()
+        thread.join(10)
+        server.server_close()
+
+
+@pytest.fixture
+def webhook_url(env: dict[str, str], superoffice: FakeSuperOffice) -> Iterator[str]:
+    with served_webhook(env, superoffice) as url:
+        yield url
+
+
+def _direct(env: dict[str, str]) -> Any:
+    """How the webhook of the app of *env* writes the control task (None: kombu)."""
+    app = gateapp.make_app(env)
+    return redis_control_queue(
+        app, gate_for(app).config.control_queue, redis.Redis.from_url(env["GATE_REDIS"])
+    )
 
 
 def test_an_upgrade_posted_to_the_webhook_pauses_the_tenant_on_the_workers(
@@ -103,6 +122,7 @@ def test_an_upgrade_posted_to_the_webhook_pauses_the_tenant_on_the_workers(
     superoffice.set_state("Cust1", "Running", valid_for=0.3)
     app = gateapp.make_app(env)
     gate = gate_for(app)
+    assert _direct(env).same_as_store  # recorded and written in one Lua script
     harness.worker("solo")
     harness.worker("threads", concurrency=2)
     body = superoffice.notification("Cust1", int(ChangeType.Upgrade))
@@ -117,6 +137,36 @@ def test_an_upgrade_posted_to_the_webhook_pauses_the_tenant_on_the_workers(
     assert [r for r in harness.ran_now() if r["at"] > paused_at] == []
     superoffice.set_state("Cust1", "Running", valid_for=60)  # no Resume notification
     harness.wait_ids({r.id for r in sent})
+
+
+def test_a_notification_written_to_a_broker_of_its_own_pauses_the_workers(
+    redis_url: str, key_prefix: str, superoffice: FakeSuperOffice
+) -> None:
+    import requests
+
+    from celery_tenant_gate.testing import EmbeddedRedis
+
+    superoffice.set_state("Cust1", "Running", valid_for=0.3)
+    with EmbeddedRedis() as broker:
+        env = {**worker_env(broker.url, redis_url, key_prefix, superoffice), "GATE_MIN_PAUSE": "1"}
+        direct = _direct(env)
+        assert direct is not None and not direct.same_as_store  # SET NX, then LPUSH
+        harness = Harness(env, redis_url)
+        try:
+            harness.worker("solo")
+            app = gateapp.make_app(env)
+            gate = gate_for(app)
+            with served_webhook(env, superoffice) as url:
+                body = superoffice.notification("Cust1", int(ChangeType.Suspend))
+                assert requests.post(url, json=body, timeout=10).status_code == 202
+            wait_until(lambda: _paused(gate, "Cust1"), what="paused through the webhook")
+            superoffice.set_state("Cust1", "Suspended", valid_for=0.3)
+            sent = app.tasks["gateapp.work"].delay("Cust1", 1)
+            wait_until(lambda: gate.state("Cust1").held == 1, what="held")
+            superoffice.set_state("Cust1", "Running", valid_for=60)
+            harness.wait_ids({sent.id})
+        finally:
+            harness.stop()
 
 
 def test_delete_drops_everything_and_counts_it(

@@ -129,6 +129,17 @@ def test_a_malformed_token_is_rejected(verifier: TokenVerifier, token: str) -> N
     assert rejected(verifier, token)
 
 
+@pytest.mark.parametrize("junk", ["!", "=", "*"])
+def test_a_header_with_characters_outside_base64url_is_rejected(
+    superoffice: FakeSuperOffice, verifier: TokenVerifier, junk: str
+) -> None:
+    # The header is first read leniently, to pick the key; the whole token, header
+    # included, must still be checked strictly before it is accepted.
+    header, payload, signature = superoffice.sign(superoffice.claims(CTX)).split(".")
+    token = f"{header[:8]}{junk}{header[8:]}.{payload}.{signature}"
+    assert "header" in rejected(verifier, token).lower()
+
+
 def test_a_wrong_issuer_is_rejected(superoffice: FakeSuperOffice, verifier: TokenVerifier) -> None:
     token = superoffice.sign(superoffice.claims(CTX, iss="https://evil.example"))
     assert "issuer" in rejected(verifier, token).lower()

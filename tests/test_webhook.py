@@ -7,6 +7,7 @@ FastAPI and Starlette, each also served for real, get the main answers.
 from __future__ import annotations
 
 import base64
+import contextlib
 import io
 import json
 import logging
@@ -17,6 +18,7 @@ import threading
 import time
 import types
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from functools import cache
 from socketserver import ThreadingMixIn
@@ -580,6 +582,120 @@ def test_the_kept_broker_connections_survive_the_broker_dropping_them(
                 assert post(address, superoffice.notification(f"Cust{n + 1}", 2)).status_code == 202
         assert client.llen(queue_name) == 6
         client.close()
+
+
+@pytest.mark.parametrize("broker", ["the store's redis", "a redis of its own"])
+def test_when_the_control_queue_refuses_the_answer_is_503_and_nothing_is_recorded(
+    celery_app: Celery,
+    superoffice: FakeSuperOffice,
+    redis_client: redis.Redis,
+    key_prefix: str,
+    broker: str,
+) -> None:
+    from celery_tenant_gate.testing import EmbeddedRedis
+
+    with contextlib.ExitStack() as stack:
+        if broker == "a redis of its own":
+            celery_app.conf.broker_url = stack.enter_context(EmbeddedRedis()).url
+        queue = redis.Redis.from_url(celery_app.conf.broker_url)
+        stack.callback(queue.close)
+        queue_name = celery_app.conf.tenant_gate_control_queue
+        queue.set(queue_name, "not a list")  # every LPUSH to it fails
+        body = superoffice.notification(CTX, 2)
+        with served("asgi", receiver_for(celery_app)) as address:
+            response = post(address, body)
+            assert (response.status_code, response.headers["Retry-After"]) == (503, "5")
+            assert list(redis_client.scan_iter(f"{key_prefix}:seen:*")) == []
+            queue.delete(queue_name)
+            assert post(address, body).json() == {"status": "accepted"}  # SuperOffice's retry
+            assert post(address, body).json() == {"status": "duplicate"}
+        assert queue.llen(queue_name) == 1
+        queue.delete(queue_name, f"_kombu.binding.{queue_name}")
+
+
+def test_task_publish_signals_see_every_control_task(
+    celery_app: Celery, superoffice: FakeSuperOffice, redis_client: redis.Redis
+) -> None:
+    # Tracing libraries add their headers in before_task_publish: while anything
+    # listens, the control task goes through kombu, as any task would.
+    from celery import signals
+
+    seen: list[str] = []
+
+    def before(sender: str, headers: dict[str, Any], **kwargs: Any) -> None:
+        headers["traceparent"] = "00-trace-span-01"
+        seen.append(sender)
+
+    signals.before_task_publish.connect(before, weak=False)
+    try:
+        with served("asgi", receiver_for(celery_app)) as address:
+            for n in range(3):
+                assert post(address, superoffice.notification(f"Cust{n + 1}", 2)).ok
+    finally:
+        signals.before_task_publish.disconnect(before)
+    assert seen == [CONTROL_TASK] * 3
+    queue_name = celery_app.conf.tenant_gate_control_queue
+    messages = [json.loads(raw) for raw in redis_client.lrange(queue_name, 0, -1)]
+    assert [m["headers"]["traceparent"] for m in messages] == ["00-trace-span-01"] * 3
+    redis_client.delete(queue_name, f"_kombu.binding.{queue_name}")
+
+
+def test_requests_answered_together_each_get_their_own_answer(
+    celery_app: Celery, superoffice: FakeSuperOffice, redis_client: redis.Redis
+) -> None:
+    # The ASGI adapter hands the requests that wait to the receiver together (one
+    # Redis round trip for all); each must still get the answer that is its own.
+    good = [superoffice.notification(f"Cust{n + 1}", 2) for n in range(12)]
+    forged = [superoffice.notification(f"Cust{n + 1}", 2, key=generate_key()) for n in range(6)]
+    bodies = good + good[:6] + forged + [{"ContextIdentifier": "Cust1"}] * 2
+    expected = [202] * 18 + [401] * 6 + [400] * 2
+    with served("asgi", receiver_for(celery_app)) as address:
+        start = threading.Barrier(len(bodies))
+
+        def send(body: dict[str, Any]) -> requests.Response:
+            start.wait(10)
+            return post(address, body)
+
+        with ThreadPoolExecutor(len(bodies)) as pool:
+            answers = list(pool.map(send, bodies))
+    assert [a.status_code for a in answers] == expected
+    # Each notification once: accepted by one of its two deliveries.
+    statuses = [a.json()["status"] for a in answers[:18]]
+    for n in range(6):
+        assert sorted([statuses[n], statuses[12 + n]]) == ["accepted", "duplicate"]
+    assert statuses[6:12] == ["accepted"] * 6
+    queue_name = celery_app.conf.tenant_gate_control_queue
+    tenants = sorted(
+        json.loads(base64.b64decode(json.loads(raw)["body"]))[1]["context_id"]
+        for raw in redis_client.lrange(queue_name, 0, -1)
+    )
+    assert tenants == sorted(f"Cust{n + 1}" for n in range(12))
+    redis_client.delete(queue_name, f"_kombu.binding.{queue_name}")
+
+
+def test_handle_many_answers_in_order(
+    celery_app: Celery, superoffice: FakeSuperOffice, redis_client: redis.Redis
+) -> None:
+    from celery_tenant_gate.webhook import WebhookRequest
+
+    receiver = receiver_for(celery_app)
+    one, two = superoffice.notification("Cust1", 2), superoffice.notification("Cust2", 0)
+    requests_ = [
+        WebhookRequest("POST", "application/json", json.dumps(body).encode(), None)
+        for body in (one, {"ChangeType": 0}, two, one)
+    ] + [WebhookRequest("GET", None, None, None)]
+    answers = receiver.handle_many(requests_)
+    assert [a.status for a in answers] == [202, 400, 202, 202, 405]
+    assert [json.loads(a.body).get("status") for a in answers] == [
+        "accepted",
+        None,
+        "accepted",
+        "duplicate",
+        None,
+    ]
+    queue_name = celery_app.conf.tenant_gate_control_queue
+    assert redis_client.llen(queue_name) == 2
+    redis_client.delete(queue_name, f"_kombu.binding.{queue_name}")
 
 
 def test_receiver_for_is_cached_on_the_app(celery_app: Celery) -> None:

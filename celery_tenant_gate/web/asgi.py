@@ -7,16 +7,19 @@
     application = make_asgi_app(app)
 
 The body is read chunk by chunk and reading stops past ``max_body``. The receiver's
-blocking work (Redis, the broker, fetching keys) runs in a thread, off the event loop.
+work (checking the token; Redis and the broker; fetching keys) runs in a thread, off
+the event loop, a batch at a time: the requests that come while one batch is with the
+receiver wait and go together as the next one (see :class:`WebhookASGIApp`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import weakref
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
-from celery_tenant_gate.webhook import WebhookReceiver, WebhookResponse
+from celery_tenant_gate.webhook import WebhookReceiver, WebhookRequest, WebhookResponse
 
 from . import as_receiver, parse_content_length
 
@@ -27,10 +30,24 @@ Send = Callable[[Message], Awaitable[None]]
 
 
 class WebhookASGIApp:
-    """An ASGI 3 application answering SuperOffice's notifications at any path."""
+    """An ASGI 3 application answering SuperOffice's notifications at any path.
+
+    Requests are handed to the receiver in batches (:meth:`WebhookReceiver.handle_many`
+    in the event loop's default executor), one batch at a time per event loop: a
+    request that comes while a batch is with the receiver goes with the next one, and
+    a request that comes to an idle server goes at once. A busy server so makes one
+    thread hand-off and one Redis round trip for many notifications instead of one
+    each, and the event loop never waits on Redis, the broker or the JWKS.
+    """
+
+    #: Most requests handed to the receiver at once.
+    MAX_BATCH = 64
 
     def __init__(self, receiver: WebhookReceiver) -> None:
         self.receiver = receiver
+        self._batches: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Batches] = (
+            weakref.WeakKeyDictionary()
+        )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -69,9 +86,63 @@ class WebhookASGIApp:
             body = await _read_body(receive, limit + 1)
             if body is None:
                 return None
-        return await asyncio.to_thread(
-            self.receiver.handle, method, headers.get("content-type"), body, length
-        )
+        request = WebhookRequest(method, headers.get("content-type"), body, length)
+        loop = asyncio.get_running_loop()
+        batches = self._batches.get(loop)
+        if batches is None:
+            batches = self._batches[loop] = _Batches(self.receiver, self.MAX_BATCH)
+        return await batches.answer(request)
+
+
+class _Batches:
+    """The requests of one event loop waiting for the receiver, and the batch with it.
+    (It keeps no reference to its loop: the loop is the key it is kept under.)"""
+
+    def __init__(self, receiver: WebhookReceiver, most: int) -> None:
+        self.receiver = receiver
+        self.most = most
+        self.waiting: list[tuple[WebhookRequest, asyncio.Future[WebhookResponse]]] = []
+        self.busy = False
+
+    async def answer(self, request: WebhookRequest) -> WebhookResponse:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[WebhookResponse] = loop.create_future()
+        self.waiting.append((request, future))
+        if not self.busy:
+            self.busy = True
+            # Soon, not now: the requests that came in the same turn of the loop join.
+            loop.call_soon(self._next)
+        return await future
+
+    def _next(self) -> None:
+        batch, self.waiting = self.waiting[: self.most], self.waiting[self.most :]
+        if not batch:
+            self.busy = False
+            return
+        requests = [request for request, _ in batch]
+        loop = asyncio.get_running_loop()
+        try:
+            answered = loop.run_in_executor(None, self.receiver.handle_many, requests)
+        except RuntimeError as exc:  # the executor was shut down: the loop is closing
+            failed: asyncio.Future[list[WebhookResponse]] = loop.create_future()
+            failed.set_exception(exc)
+            answered = failed
+        answered.add_done_callback(lambda done: self._done(batch, done))
+
+    def _done(
+        self,
+        batch: list[tuple[WebhookRequest, asyncio.Future[WebhookResponse]]],
+        done: asyncio.Future[list[WebhookResponse]],
+    ) -> None:
+        error = asyncio.CancelledError() if done.cancelled() else done.exception()
+        for n, (_, future) in enumerate(batch):
+            if future.done():  # the client went away
+                continue
+            if error is not None:
+                future.set_exception(error)
+            else:
+                future.set_result(done.result()[n])
+        self._next()
 
 
 def make_asgi_app(receiver_or_app: Any) -> WebhookASGIApp:

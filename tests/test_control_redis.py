@@ -1,0 +1,208 @@
+"""The control task written directly to a Redis broker is the message kombu writes, and
+the direct path is taken only where that holds."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import redis
+from celery import Celery
+from kombu import Queue
+
+from celery_tenant_gate.control_redis import RedisControlQueue, redis_control_queue
+from celery_tenant_gate.webhook_app import ControlSender
+
+pytestmark = pytest.mark.redis
+
+KWARGS = {"change_type": 0, "context_id": "Cust1", "token_iat": 1.5, "received_at": 2.5}
+
+
+@pytest.fixture
+def queue_name(key_prefix: str, redis_client: redis.Redis) -> Iterator[str]:
+    name = f"{key_prefix}:control"
+    yield name
+    for key in redis_client.scan_iter(match=f"*{name}*"):
+        redis_client.delete(key)
+
+
+def make_app(broker: str, **conf: Any) -> Celery:
+    app = Celery("control-redis-test", broker=broker, set_as_current=False)
+    app.conf.update(conf)
+    return app
+
+
+def normalised(raw: bytes) -> str:
+    """The stored message with its task id and delivery tag replaced by placeholders."""
+    text = raw.decode()
+    message = json.loads(text)
+    task_id = message["headers"]["id"]
+    tag = message["properties"]["delivery_tag"]
+    return text.replace(task_id, "<task id>").replace(tag, "<delivery tag>")
+
+
+@pytest.mark.parametrize(
+    "conf",
+    [
+        {},
+        {"task_serializer": "pickle"},
+        {"task_compression": "zlib"},
+        {"task_default_delivery_mode": "transient"},
+        {"broker_transport_options": {"global_keyprefix": "gkp:"}},
+        {"broker_transport_options": {"priority_steps": [1, 5, 9], "sep": ":"}},
+    ],
+    ids=["default", "pickle", "zlib", "transient", "global_keyprefix", "priority_steps"],
+)
+def test_the_message_is_the_one_kombu_writes(
+    redis_url: str, redis_client: redis.Redis, queue_name: str, conf: dict[str, Any]
+) -> None:
+    app = make_app(redis_url, **conf)
+    direct = redis_control_queue(app, queue_name, redis.Redis.from_url(redis_url))
+    assert isinstance(direct, RedisControlQueue) and direct.same_as_store
+    ControlSender(app, queue_name).send(KWARGS)
+    direct.push(KWARGS)
+    # Both went to the one list kombu's transport chose (prefix, priority steps).
+    assert redis_client.llen(direct.key) == 2
+    through_kombu, written_directly = redis_client.rpop(direct.key, 2)  # type: ignore[misc]
+    assert normalised(written_directly) == normalised(through_kombu)
+
+
+def test_keep_records_and_queues_once(
+    redis_url: str, redis_client: redis.Redis, queue_name: str, key_prefix: str
+) -> None:
+    direct = redis_control_queue(make_app(redis_url), queue_name, redis.Redis.from_url(redis_url))
+    assert direct is not None
+    record = f"{key_prefix}:seen:abc"
+    assert direct.keep([(record, 30.2, KWARGS)]) == [True]
+    assert direct.keep([(record, 30.2, KWARGS)]) == [False]
+    assert redis_client.llen(direct.key) == 1
+    assert 30 <= redis_client.ttl(record) <= 31
+    # The record holds the id of the control task it queued.
+    message = json.loads(redis_client.lindex(direct.key, 0))  # type: ignore[arg-type]
+    assert redis_client.get(record) == message["headers"]["id"].encode()
+
+
+def test_keep_answers_for_each_of_several_in_one_round_trip(
+    redis_url: str, redis_client: redis.Redis, queue_name: str, key_prefix: str
+) -> None:
+    direct = redis_control_queue(make_app(redis_url), queue_name, redis.Redis.from_url(redis_url))
+    assert direct is not None
+    seen, broken = f"{key_prefix}:seen:old", f"{key_prefix}:seen:broken"
+    direct.keep([(seen, 30, KWARGS)])
+    redis_client.rpush(broken, "a list, not a record")  # reading it fails: WRONGTYPE
+    fresh = [(f"{key_prefix}:seen:{n}", 30, {**KWARGS, "n": n}) for n in range(3)]
+    outcome = direct.keep([fresh[0], (seen, 30, KWARGS), fresh[1], (broken, 30, KWARGS), fresh[2]])
+    assert outcome[:3] == [True, False, True] and outcome[4] is True
+    assert isinstance(outcome[3], redis.ResponseError)
+    queued = [json.loads(raw) for raw in redis_client.lrange(direct.key, 0, -1)]
+    assert len(queued) == 4  # the first one, then three fresh ones, in order
+    assert [m["headers"]["kwargsrepr"] for m in queued[:3]] == [
+        repr({**KWARGS, "n": n}) for n in (2, 1, 0)
+    ]
+
+
+def test_a_retried_round_trip_counts_as_kept(
+    redis_url: str, redis_client: redis.Redis, queue_name: str, key_prefix: str
+) -> None:
+    # redis-py sends a pipeline again when the connection drops before its answer: the
+    # script then finds its own record (this attempt's task id) and is not a duplicate.
+    direct = redis_control_queue(make_app(redis_url), queue_name, redis.Redis.from_url(redis_url))
+    assert direct is not None
+    record = f"{key_prefix}:seen:abc"
+    task_id, message = direct.message(KWARGS)
+    call = (record, direct.key, task_id, 30, message)
+    assert direct._run([call]) == [1]
+    assert direct._run([call]) == [1]
+    assert direct._run([(record, direct.key, str(uuid.uuid4()), 30, message)]) == [0]
+    assert redis_client.llen(direct.key) == 1
+
+
+def test_a_redis_that_lost_its_scripts_is_given_it_again(queue_name: str) -> None:
+    from celery_tenant_gate.testing import EmbeddedRedis
+
+    with EmbeddedRedis() as server:
+        client = redis.Redis.from_url(server.url)
+        direct = redis_control_queue(make_app(server.url), queue_name, client)
+        assert direct is not None
+        assert direct.keep([("seen:1", 30, KWARGS)]) == [True]
+        client.script_flush()  # as after a restart
+        assert direct.keep([("seen:2", 30, KWARGS), ("seen:1", 30, KWARGS)]) == [True, False]
+        assert client.llen(direct.key) == 2
+        client.close()
+
+
+def test_when_the_push_fails_nothing_is_recorded(
+    redis_url: str, redis_client: redis.Redis, queue_name: str, key_prefix: str
+) -> None:
+    direct = redis_control_queue(make_app(redis_url), queue_name, redis.Redis.from_url(redis_url))
+    assert direct is not None
+    redis_client.set(direct.key, "not a list")
+    record = f"{key_prefix}:seen:abc"
+    [outcome] = direct.keep([(record, 30, KWARGS)])
+    assert isinstance(outcome, redis.ResponseError) and "WRONGTYPE" in str(outcome)
+    assert redis_client.exists(record) == 0
+
+
+def test_another_redis_as_broker_is_pushed_to_on_its_own(redis_url: str, queue_name: str) -> None:
+    from celery_tenant_gate.testing import EmbeddedRedis
+
+    with EmbeddedRedis() as broker:
+        app = make_app(broker.url)
+        direct = redis_control_queue(app, queue_name, redis.Redis.from_url(redis_url))
+        assert direct is not None and not direct.same_as_store
+        with pytest.raises(RuntimeError, match="shared store"):
+            direct.keep([("any", 1, KWARGS)])
+        direct.push(KWARGS)
+        assert redis.Redis.from_url(broker.url).llen(queue_name) == 1
+        direct.client.close()
+
+
+def test_a_database_of_its_own_is_another_redis(redis_url: str, queue_name: str) -> None:
+    base = redis_url.rsplit("/", 1)[0]
+    store = redis.Redis.from_url(f"{base}/0")
+    same = redis_control_queue(make_app(f"{base}/0"), queue_name, store)
+    other = redis_control_queue(make_app(f"{base}/1"), queue_name, store)
+    assert same is not None and same.same_as_store
+    assert other is not None and not other.same_as_store
+    redis.Redis.from_url(f"{base}/1").delete(
+        f"_kombu.binding.{queue_name}", f"_kombu.binding_permanent.{queue_name}"
+    )
+
+
+@pytest.mark.parametrize(
+    "conf",
+    [
+        {"task_protocol": 1},
+        {"task_routes": {"tenant_gate.control": {"priority": 5}}},
+        {"task_routes": {"tenant_gate.control": {"exchange": "elsewhere"}}},
+        {"task_queues": "expiring"},
+        {"task_queues": "topic"},
+    ],
+    ids=["protocol 1", "routed priority", "routed exchange", "expiring queue", "topic exchange"],
+)
+def test_kombu_sends_it_where_the_message_would_differ(
+    redis_url: str, queue_name: str, conf: dict[str, Any]
+) -> None:
+    from kombu import Exchange
+
+    queues = {
+        "expiring": [Queue(queue_name, expires=60)],
+        "topic": [Queue(queue_name, Exchange(queue_name, "topic"), routing_key="control.#")],
+    }
+    if conf.get("task_queues") in queues:
+        conf = {"task_queues": queues[conf["task_queues"]]}
+    app = make_app(redis_url, **conf)
+    assert redis_control_queue(app, queue_name, redis.Redis.from_url(redis_url)) is None
+
+
+def test_rabbitmq_keeps_kombus_path(amqp_url: str, redis_url: str, queue_name: str) -> None:
+    app = make_app(amqp_url)
+    assert redis_control_queue(app, queue_name, redis.Redis.from_url(redis_url)) is None
+
+
+def test_failover_urls_keep_kombus_path(redis_url: str, queue_name: str) -> None:
+    app = make_app(f"{redis_url};redis://127.0.0.1:1/0")  # kombu fails over to the next
+    assert redis_control_queue(app, queue_name, redis.Redis.from_url(redis_url)) is None
