@@ -155,6 +155,11 @@ class ControlSender:
         self._route = app.amqp.router.route({"queue": queue}, CONTROL_TASK, (), {}, None)
         self._idle: list[Any] = []
         self._lock = threading.Lock()
+        # RabbitMQ: wait for the broker's confirm, so that a kept connection the
+        # broker dropped while idle fails the publish (and is retried on a new one)
+        # instead of swallowing it: never a 202 for a notification the broker lacks.
+        amqp = app.connection_for_write().transport_cls in {"amqp", "amqps", "pyamqp"}
+        self._options = {"confirm_publish": True} if amqp else None
 
     def send(self, kwargs: dict[str, Any]) -> str:
         """Publish one control task with *kwargs*; its task id."""
@@ -189,7 +194,8 @@ class ControlSender:
         with self._lock:
             if self._idle:
                 return self._idle.pop()
-        return self.app.amqp.Producer(self.app.connection_for_write(), auto_declare=False)
+        connection = self.app.connection_for_write(transport_options=self._options)
+        return self.app.amqp.Producer(connection, auto_declare=False)
 
     def _give_back(self, producer: Any) -> None:
         with self._lock:

@@ -531,9 +531,7 @@ def test_release_by_the_broker_can_be_switched_off(amqp_url: str) -> None:
         broker.close()
 
 
-def test_count_all_adds_up_queues_over_one_connection(
-    broker: Broker, held: AmqpHeldQueues
-) -> None:
+def test_count_all_adds_up_queues_over_one_connection(broker: Broker, held: AmqpHeldQueues) -> None:
     first, second = broker.tenant("tenant.A"), broker.tenant("tenant.B")
     target = broker.declare("target")
     for i in range(3):

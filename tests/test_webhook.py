@@ -762,3 +762,23 @@ print("ok")
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
     )
     assert result.stdout.strip() == "ok", result.stderr
+
+
+@pytest.mark.rabbitmq
+def test_on_rabbitmq_every_202_is_a_control_task_the_broker_confirmed(
+    celery_app: Celery, superoffice: FakeSuperOffice, amqp_url: str
+) -> None:
+    from kombu import Connection
+
+    celery_app.conf.broker_url = amqp_url
+    queue_name = celery_app.conf.tenant_gate_control_queue
+    try:
+        with served("asgi", receiver_for(celery_app)) as address:
+            for n in range(5):
+                assert post(address, superoffice.notification(f"Cust{n + 1}", 2)).status_code == 202
+        with Connection(amqp_url) as connection:
+            _, ready, _ = connection.default_channel.queue_declare(queue_name, passive=True)
+        assert ready == 5  # confirmed before each 202: already in the queue
+    finally:
+        with Connection(amqp_url) as connection:
+            connection.default_channel.queue_delete(queue_name)
