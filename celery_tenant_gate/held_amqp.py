@@ -154,10 +154,6 @@ def _close_channel(channel: Any) -> None:
         channel.close()
 
 
-def _is_not_found(exc: BaseException) -> bool:
-    return getattr(exc, "reply_code", None) == _NOT_FOUND
-
-
 class _Consumer:
     """A channel consuming one queue into a buffer, oldest first."""
 
@@ -229,58 +225,56 @@ class AmqpHeldQueues:
             connection.ensure_connection(max_retries=3)
             yield connection
 
+    def _probe(
+        self,
+        connection: Connection,
+        ask: Callable[[Any], Any],
+        refused: frozenset[int] = frozenset({_NOT_FOUND}),
+    ) -> tuple[bool, Any]:
+        """Run *ask* on a channel of its own: (True, its answer), or (False, None) when
+        the broker refuses it with one of the *refused* codes (the broker then closes
+        that channel; any other error is raised)."""
+        channel = _open_channel(connection)
+        try:
+            answer = ask(channel)
+        except connection.channel_errors as exc:
+            if getattr(exc, "reply_code", None) in refused:
+                return False, None
+            raise
+        _close_channel(channel)
+        return True, answer
+
     def _ready(self, connection: Connection, queue: str) -> int | None:
         """Messages ready in *queue*, or None if it does not exist (it is not created)."""
-        channel = _open_channel(connection)
-        try:
-            _, ready, _ = channel.queue_declare(queue, passive=True)
-        except connection.channel_errors as exc:
-            if _is_not_found(exc):
-                return None  # the broker has closed the channel
-            raise
-        _close_channel(channel)
-        return int(ready)
+        found, answer = self._probe(connection, lambda ch: ch.queue_declare(queue, passive=True))
+        return int(answer[1]) if found else None
 
     def _exchange_exists(self, connection: Connection, exchange: str) -> bool:
-        channel = _open_channel(connection)
-        try:
-            channel.exchange_declare(exchange, "direct", passive=True)
-        except connection.channel_errors as exc:
-            if _is_not_found(exc):
-                return False
-            raise
-        _close_channel(channel)
-        return True
+        return self._probe(
+            connection, lambda ch: ch.exchange_declare(exchange, "direct", passive=True)
+        )[0]
 
     def _bind_for_release(self, connection: Connection, queue: str) -> bool:
         """Bind *queue* to the release exchange by its own name, so that released
         messages reach it; False if it does not exist (dead-lettering to it would drop
         them)."""
-        channel = _open_channel(connection)
-        try:
+
+        def bind(channel: Any) -> None:
             channel.exchange_declare(RELEASE_EXCHANGE, "direct", durable=True, auto_delete=False)
             channel.queue_bind(queue, RELEASE_EXCHANGE, routing_key=queue)
-        except connection.channel_errors as exc:
-            if _is_not_found(exc):
-                return False
-            raise
-        _close_channel(channel)
-        return True
+
+        return self._probe(connection, bind)[0]
 
     def _dead_letters(self, connection: Connection, queue: str) -> bool:
         """Whether *queue* dead-letters to the release exchange, as a hold through the
         hold exchange declares it (a re-declare with other arguments is refused)."""
-        channel = _open_channel(connection)
-        try:
-            channel.queue_declare(
+        return self._probe(
+            connection,
+            lambda ch: ch.queue_declare(
                 queue, durable=True, auto_delete=False, arguments=dict(DEAD_LETTER_ARGUMENTS)
-            )
-        except connection.channel_errors as exc:
-            if getattr(exc, "reply_code", None) in {_PRECONDITION_FAILED, _NOT_FOUND}:
-                return False
-            raise
-        _close_channel(channel)
-        return True
+            ),
+            refused=frozenset({_PRECONDITION_FAILED, _NOT_FOUND}),
+        )[0]
 
     def count(self, queue: str) -> int:
         """Messages waiting in *queue*; 0 if it does not exist (it is not created).
