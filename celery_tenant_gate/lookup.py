@@ -71,7 +71,8 @@ class TenantStates:
         self._refresher: ThreadPoolExecutor | None = None
         self._refreshing: set[str] = set()
         self._refresh_lock = threading.Lock()
-        #: Look-ups the cache could not answer (for the metrics; hits are counted there).
+        #: Look-ups the cache answered, and those it could not (for the metrics).
+        self.hits = 0
         self.misses = 0
         _INSTANCES.add(self)
 
@@ -94,6 +95,7 @@ class TenantStates:
         """
         entry = self.cache.entries.get(context_id)
         if entry is not None and entry[0] > self._clock():
+            self.hits += 1
             return entry[1].verdict
         return self._lookup(context_id, wait=wait).verdict
 
@@ -105,6 +107,7 @@ class TenantStates:
         (with ``wait=False``, as :meth:`verdict` has it)."""
         entry = self.cache.entries.get(context_id)
         if entry is not None and entry[0] > self._clock():
+            self.hits += 1
             return entry[1].record
         return self._lookup(context_id, wait=wait).record
 

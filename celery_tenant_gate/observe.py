@@ -4,12 +4,10 @@ worker, Celery task events and the ``/metrics`` endpoint."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from typing import Any
 
 from . import metrics
 from .gate import Gate
-from .lookup import TenantStates
 from .task_events import TaskEvents
 
 logger = logging.getLogger(__name__)
@@ -20,33 +18,13 @@ def watch(gate: Gate) -> None:
     if not gate.config.metrics or any(isinstance(h, metrics.MetricsHooks) for h in gate.hooks):
         return
     gate.hooks.append(metrics.MetricsHooks(metrics.enable()))
-    lookups = count_lookups(gate.states)
     metrics.register(
         metrics.GateCollector(
             paused=lambda: len(gate.paused()),
             held=lambda: held_total(gate),
-            cache=lambda: (max(0, lookups() - gate.states.misses), gate.states.misses),
+            cache=lambda: (gate.states.hits, gate.states.misses),
         )
     )
-
-
-def count_lookups(states: TenantStates) -> Callable[[], int]:
-    """Count *states*' look-ups (``verdict`` and ``record``); returns the reader.
-
-    Done by wrapping them on the instance, only when metrics are on, so that the
-    cached path costs nothing more when they are off. (Misses are counted by
-    ``TenantStates`` itself, on its slow path.)
-    """
-    count = [0]
-    for name in ("verdict", "record"):
-        lookup = getattr(states, name)
-
-        def counted(context_id: str, lookup: Callable[..., Any] = lookup, **how: Any) -> Any:
-            count[0] += 1
-            return lookup(context_id, **how)
-
-        setattr(states, name, counted)
-    return lambda: count[0]
 
 
 def held_total(gate: Gate) -> int:
