@@ -9,6 +9,8 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import padding
 
 from celery_tenant_gate.errors import ConfigError, TenantGateError
 from celery_tenant_gate.testing import FakeSuperOffice, Reply
@@ -140,6 +142,97 @@ def test_a_header_with_characters_outside_base64url_is_rejected(
     assert "header" in rejected(verifier, token).lower()
 
 
+def signed_raw(superoffice: FakeSuperOffice, header: bytes, payload: bytes) -> str:
+    """A token over these exact header and payload bytes, signed with SuperOffice's key."""
+    segments = [base64.urlsafe_b64encode(part).rstrip(b"=").decode() for part in (header, payload)]
+    signing_input = ".".join(segments)
+    signature = superoffice.key.sign(signing_input.encode(), padding.PKCS1v15(), hashes.SHA256())
+    return f"{signing_input}.{base64.urlsafe_b64encode(signature).rstrip(b'=').decode()}"
+
+
+def rs256_header(superoffice: FakeSuperOffice, **more: Any) -> bytes:
+    return json.dumps({"alg": "RS256", "kid": superoffice.kid, **more}).encode()
+
+
+@pytest.mark.parametrize("segment", [1, 2])
+@pytest.mark.parametrize("junk", ["!", "+", "/", " ", "\u00e9"])
+def test_a_payload_or_signature_outside_base64url_is_rejected(
+    superoffice: FakeSuperOffice, verifier: TokenVerifier, segment: int, junk: str
+) -> None:
+    parts = superoffice.sign(superoffice.claims(CTX)).split(".")
+    parts[segment] = parts[segment][:8] + junk + parts[segment][8:]
+    name = "payload" if segment == 1 else "signature"
+    assert f"the {name} is not base64url" in rejected(verifier, ".".join(parts))
+
+
+def test_padding_is_tolerated_as_pyjwt_does_but_only_at_the_end(
+    superoffice: FakeSuperOffice, verifier: TokenVerifier
+) -> None:
+    header, payload, signature = superoffice.sign(superoffice.claims(CTX)).split(".")
+    padded = signature + "=" * (-len(signature) % 4)
+    assert padded != signature  # a 2048-bit signature is 342 characters: 2 of padding
+    assert verifier.verify(f"{header}.{payload}.{padded}", CTX)["iss"] == superoffice.issuer
+    assert "not base64url" in rejected(verifier, f"{header}.{payload}.{padded}==")
+    assert "not base64url" in rejected(verifier, f"{header}.{payload}.{signature}=")
+    assert "not base64url" in rejected(verifier, f"{header}.{payload}.=={signature}")
+
+
+def test_a_segment_of_impossible_length_is_rejected(
+    superoffice: FakeSuperOffice, verifier: TokenVerifier
+) -> None:
+    header, payload, signature = superoffice.sign(superoffice.claims(CTX)).split(".")
+    longer = signature + "A" * (5 - len(signature) % 4)
+    assert len(longer) % 4 == 1  # no base64 text has that length
+    assert "signature is not base64url" in rejected(verifier, f"{header}.{payload}.{longer}")
+
+
+@pytest.mark.parametrize(
+    "extension", [{"crit": ["exp"], "exp": 1}, {"b64": False, "crit": ["b64"]}, {"b64": True}]
+)
+def test_a_header_asking_for_an_extension_is_rejected(
+    superoffice: FakeSuperOffice, verifier: TokenVerifier, extension: dict[str, Any]
+) -> None:
+    # Signed with SuperOffice's own key: only the header's request is wrong.
+    claims = json.dumps(superoffice.claims(CTX)).encode()
+    token = signed_raw(superoffice, rs256_header(superoffice, **extension), claims)
+    assert "extension" in rejected(verifier, token)
+
+
+@pytest.mark.parametrize("kid", [1, ["k"], {"k": 1}])
+def test_a_kid_that_is_not_a_string_is_rejected(
+    superoffice: FakeSuperOffice, verifier: TokenVerifier, kid: Any
+) -> None:
+    token = signed_raw(
+        superoffice, json.dumps({"alg": "RS256", "kid": kid}).encode(), b'{"iss": "x"}'
+    )
+    assert "'kid' must be a string" in rejected(verifier, token)
+
+
+@pytest.mark.parametrize("payload", [b"[1, 2]", b'"claims"', b"null", b"{", b"\xff"])
+def test_a_signed_payload_that_is_not_a_json_object_is_rejected(
+    superoffice: FakeSuperOffice, verifier: TokenVerifier, payload: bytes
+) -> None:
+    token = signed_raw(superoffice, rs256_header(superoffice), payload)
+    assert "payload" in rejected(verifier, token)
+
+
+@pytest.mark.parametrize("header", [b"[]", b'"RS256"', b"{"])
+def test_a_header_that_is_not_a_json_object_is_rejected(
+    superoffice: FakeSuperOffice, verifier: TokenVerifier, header: bytes
+) -> None:
+    token = signed_raw(superoffice, header, json.dumps(superoffice.claims(CTX)).encode())
+    assert "header" in rejected(verifier, token)
+
+
+@pytest.mark.parametrize("claim", ["sub", "jti"])
+def test_sub_and_jti_must_be_strings_when_present(
+    superoffice: FakeSuperOffice, verifier: TokenVerifier, claim: str
+) -> None:
+    assert verifier.verify(superoffice.sign(superoffice.claims(CTX, **{claim: "abc"})), CTX)
+    token = superoffice.sign(superoffice.claims(CTX, **{claim: 42}))
+    assert f"{claim!r} must be a string" in rejected(verifier, token)
+
+
 def test_a_wrong_issuer_is_rejected(superoffice: FakeSuperOffice, verifier: TokenVerifier) -> None:
     token = superoffice.sign(superoffice.claims(CTX, iss="https://evil.example"))
     assert "issuer" in rejected(verifier, token).lower()
@@ -157,6 +250,14 @@ def test_the_audience_is_checked_only_when_configured(superoffice: FakeSuperOffi
     assert strict.verify(right, CTX)["aud"] == "my-app"
     assert "audience" in rejected(strict, wrong).lower()
     assert "aud" in rejected(strict, none)
+    listed = superoffice.sign(superoffice.claims(CTX, aud=["other-app", "my-app"]))
+    assert strict.verify(listed, CTX)["aud"] == ["other-app", "my-app"]
+    for bad in (["other-app"], [], ["my-app", 7], 7, {"my-app": 1}):
+        token = superoffice.sign(superoffice.claims(CTX, aud=bad))
+        assert "aud" in rejected(strict, token).lower()
+    claims = superoffice.claims(CTX, iss=[superoffice.issuer])
+    token = signed_raw(superoffice, rs256_header(superoffice), json.dumps(claims).encode())
+    assert "issuer" in rejected(plain, token).lower()
 
 
 def test_expiry_and_not_before_are_checked_with_leeway(
