@@ -4,6 +4,7 @@ the direct path is taken only where that holds."""
 from __future__ import annotations
 
 import json
+import os
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -68,6 +69,35 @@ def test_the_message_is_the_one_kombu_writes(
     assert redis_client.llen(direct.key) == 2
     through_kombu, written_directly = redis_client.rpop(direct.key, 2)  # type: ignore[misc]
     assert normalised(written_directly) == normalised(through_kombu)
+
+
+@pytest.mark.parametrize("built", ["from its frame", "in full", "after a fork"])
+def test_each_message_is_the_one_kombu_writes_whatever_its_arguments(
+    redis_url: str, redis_client: redis.Redis, queue_name: str, built: str
+) -> None:
+    app = make_app(redis_url)
+    direct = redis_control_queue(app, queue_name, redis.Redis.from_url(redis_url))
+    assert isinstance(direct, RedisControlQueue)
+    direct.push(KWARGS)  # makes the frame
+    assert direct._frame is not None and direct._frame.pieces is not None
+    if built == "in full":
+        direct._frame.pieces = None  # as if a placeholder showed up elsewhere
+    elif built == "after a fork":
+        direct._frame.pid = -1  # made by another process: made again
+    redis_client.delete(direct.key)
+    odd = {
+        **KWARGS,
+        "context_id": 'Cust"7\\\u00e9\n',
+        "version_name": "x" * 2000,
+        "token_iat": None,
+    }
+    for kwargs in (KWARGS, odd):
+        ControlSender(app, queue_name).send(kwargs)
+        direct.push(kwargs)
+        through_kombu, written_directly = redis_client.rpop(direct.key, 2)  # type: ignore[misc]
+        assert normalised(written_directly) == normalised(through_kombu)
+    if built == "after a fork":
+        assert direct._frame.pid == os.getpid()
 
 
 def test_keep_records_and_queues_once(
