@@ -15,7 +15,6 @@ import base64
 import hashlib
 import json
 import logging
-import math
 import re
 import threading
 import time
@@ -174,7 +173,7 @@ class TokenVerifier:
         if self.audience is None:
             return
         aud = claims.get("aud")
-        if aud is None:
+        if not aud:
             raise TokenRejected('Token is missing the "aud" claim')
         audiences = [aud] if isinstance(aud, str) else aud
         if not isinstance(audiences, list) or not all(isinstance(a, str) for a in audiences):
@@ -270,13 +269,11 @@ def _parse(token: str) -> _JWS:
         raise TokenRejected(f"malformed token (header: {exc})") from None
     if not isinstance(header, dict):
         raise TokenRejected("malformed token (the header is not a JSON object)")
-    for name in ("crit", "b64"):
-        if name in header:
-            raise TokenRejected(
-                f"the token header asks for an extension ({name!r}); none is supported"
-            )
-    kid = header.get("kid")
-    if kid is not None and not isinstance(kid, str):
+    if "crit" in header or header.get("b64", True) is not True:
+        raise TokenRejected(
+            "the token header asks for an extension ('crit', 'b64'); none is supported"
+        )
+    if "kid" in header and not isinstance(header["kid"], str):
         raise TokenRejected("header 'kid' must be a string")
     return _JWS(
         header,
@@ -298,7 +295,13 @@ def _decode_segment(segment: str, name: str) -> bytes:
         or (stripped != segment and len(segment) % 4 != 0)
     ):
         raise TokenRejected(f"malformed token (the {name} is not base64url)")
-    return base64.urlsafe_b64decode(stripped + "=" * (-len(stripped) % 4))
+    decoded = base64.urlsafe_b64decode(stripped + "=" * (-len(stripped) % 4))
+    # Only the canonical text of these bytes (the unused low bits of the last
+    # character zero), as PyJWT checks: otherwise one signed token could be sent as
+    # many different strings, each new to the replay record.
+    if base64.urlsafe_b64encode(decoded).rstrip(b"=") != stripped.encode("ascii"):
+        raise TokenRejected(f"malformed token (the {name} is not canonical base64url)")
+    return decoded
 
 
 def _claims(payload: bytes) -> dict[str, Any]:
@@ -311,8 +314,18 @@ def _claims(payload: bytes) -> dict[str, Any]:
     return claims
 
 
+#: Most seconds a time claim may hold (year 33658): more cannot be a real time, and
+#: a number too large for a float would fail the arithmetic on it.
+MAX_SECONDS = 1e12
+
+
 def _is_seconds(value: object) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    # Also false for NaN and infinities; no float conversion (an int may be too large).
+    return (
+        isinstance(value, int | float)
+        and not isinstance(value, bool)
+        and -MAX_SECONDS <= value <= MAX_SECONDS
+    )
 
 
 def _rsa_keys(document: Any) -> dict[str, RSAPublicKey]:

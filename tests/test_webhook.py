@@ -274,6 +274,25 @@ def test_the_same_notification_twice_is_queued_once(
     assert queued.tenants == [CTX]
 
 
+def test_a_replay_in_another_spelling_of_its_token_is_still_a_replay(
+    url: str, superoffice: FakeSuperOffice, queued: Queued
+) -> None:
+    body = superoffice.notification(CTX, 2)
+    header, payload, signature = body["Token"].split(".")
+    padded = {**body, "Token": f"{header}.{payload}.{signature}=="}
+    assert len(signature) % 4 == 2  # so "==" is its padding, which is accepted
+    # The unused low bits of the signature's last character: the same bytes, another text.
+    last = BASE64URL.index(signature[-1])
+    respelled = {**body, "Token": f"{header}.{payload}.{signature[:-1]}{BASE64URL[last ^ 1]}"}
+    answers = [post(url, document) for document in (body, padded, respelled)]
+    assert [a.status_code for a in answers] == [202, 202, 401]
+    assert [a.json().get("status") for a in answers[:2]] == ["accepted", "duplicate"]
+    assert queued.tenants == [CTX]
+
+
+BASE64URL = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+
+
 def test_replays_are_remembered_in_redis_for_the_tokens_lifetime(
     url: str,
     superoffice: FakeSuperOffice,
