@@ -24,6 +24,7 @@ import logging
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any, NamedTuple
 
 from .metrics import metrics
@@ -76,6 +77,14 @@ class WebhookResponse:
     status: int
     body: bytes
     headers: Mapping[str, str] = field(default_factory=dict)
+
+    @cached_property
+    def raw_headers(self) -> list[tuple[bytes, bytes]]:
+        """The headers as ASGI sends them: lower-case names, latin-1 bytes."""
+        return [
+            (name.lower().encode("latin-1"), value.encode("latin-1"))
+            for name, value in self.headers.items()
+        ]
 
     @classmethod
     def json(
@@ -285,13 +294,18 @@ class WebhookReceiver:
             )
 
 
+#: The two answers to a kept notification (made once: they never change).
+_ACCEPTED = WebhookResponse.json(202, {"status": "accepted"})
+_DUPLICATE = WebhookResponse.json(202, {"status": "duplicate"})
+
+
 def _answer_kept(notification: Notification, queued: bool) -> WebhookResponse:
     ctx = notification.context_id
     if not queued:
         logger.info("tenant-gate: duplicate notification for %s; ignored", ctx)
-        return WebhookResponse.json(202, {"status": "duplicate"})
+        return _DUPLICATE
     logger.info("tenant-gate: queued a %s notification for %s", notification.change_type.name, ctx)
-    return WebhookResponse.json(202, {"status": "accepted"})
+    return _ACCEPTED
 
 
 def _is_json(content_type: str | None) -> bool:

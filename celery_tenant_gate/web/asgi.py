@@ -15,6 +15,8 @@ receiver wait and go together as the next one (see :class:`WebhookASGIApp`).
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import contextlib
 import weakref
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
@@ -33,7 +35,7 @@ class WebhookASGIApp:
     """An ASGI 3 application answering SuperOffice's notifications at any path.
 
     Requests are handed to the receiver in batches (:meth:`WebhookReceiver.handle_many`
-    in the event loop's default executor), one batch at a time per event loop: a
+    in a thread of its own), one batch at a time per event loop: a
     request that comes while a batch is with the receiver goes with the next one, and
     a request that comes to an idle server goes at once. A busy server so makes one
     thread hand-off and one Redis round trip for many notifications instead of one
@@ -62,22 +64,22 @@ class WebhookASGIApp:
             {
                 "type": "http.response.start",
                 "status": response.status,
-                "headers": [
-                    (name.lower().encode("latin-1"), value.encode("latin-1"))
-                    for name, value in response.headers.items()
-                ],
+                "headers": response.raw_headers,
             }
         )
         await send({"type": "http.response.body", "body": response.body})
 
     async def _respond(self, scope: Scope, receive: Receive) -> WebhookResponse | None:
-        headers = {
-            name.decode("latin-1").lower(): value.decode("latin-1")
-            for name, value in scope.get("headers", [])
-        }
+        content_type = content_length = None
+        for raw_name, value in scope.get("headers", ()):
+            name = raw_name.lower()  # lower-case already, says ASGI; not every server
+            if name == b"content-type":
+                content_type = value.decode("latin-1")
+            elif name == b"content-length":
+                content_length = value.decode("latin-1")
         method = str(scope.get("method", "GET"))
         try:
-            length = parse_content_length(headers.get("content-length"))
+            length = parse_content_length(content_length)
         except ValueError:
             return WebhookResponse.json(400, {"error": "bad Content-Length header"})
         body = None
@@ -86,7 +88,7 @@ class WebhookASGIApp:
             body = await _read_body(receive, limit + 1)
             if body is None:
                 return None
-        request = WebhookRequest(method, headers.get("content-type"), body, length)
+        request = WebhookRequest(method, content_type, body, length)
         loop = asyncio.get_running_loop()
         batches = self._batches.get(loop)
         if batches is None:
@@ -103,6 +105,11 @@ class _Batches:
         self.most = most
         self.waiting: list[tuple[WebhookRequest, asyncio.Future[WebhookResponse]]] = []
         self.busy = False
+        #: Where the receiver works: one batch at a time needs one thread. (Not the
+        #: loop's default executor: its hand-off wraps each call in two futures.)
+        self.thread = concurrent.futures.ThreadPoolExecutor(
+            1, thread_name_prefix="tenant-gate-webhook"
+        )
 
     async def answer(self, request: WebhookRequest) -> WebhookResponse:
         loop = asyncio.get_running_loop()
@@ -122,17 +129,22 @@ class _Batches:
         requests = [request for request, _ in batch]
         loop = asyncio.get_running_loop()
         try:
-            answered = loop.run_in_executor(None, self.receiver.handle_many, requests)
-        except RuntimeError as exc:  # the executor was shut down: the loop is closing
-            failed: asyncio.Future[list[WebhookResponse]] = loop.create_future()
-            failed.set_exception(exc)
-            answered = failed
-        answered.add_done_callback(lambda done: self._done(batch, done))
+            answered = self.thread.submit(self.receiver.handle_many, requests)
+        except RuntimeError as exc:  # shut down: the interpreter is exiting
+            answered = concurrent.futures.Future()
+            answered.set_exception(exc)
+
+        def back(done: concurrent.futures.Future[list[WebhookResponse]]) -> None:
+            # In the receiver's thread: the rest goes on in the loop's.
+            with contextlib.suppress(RuntimeError):  # the loop was closed meanwhile
+                loop.call_soon_threadsafe(self._done, batch, done)
+
+        answered.add_done_callback(back)
 
     def _done(
         self,
         batch: list[tuple[WebhookRequest, asyncio.Future[WebhookResponse]]],
-        done: asyncio.Future[list[WebhookResponse]],
+        done: concurrent.futures.Future[list[WebhookResponse]],
     ) -> None:
         error = asyncio.CancelledError() if done.cancelled() else done.exception()
         for n, (_, future) in enumerate(batch):
