@@ -25,6 +25,7 @@ import json
 import math
 import os
 import re
+import threading
 import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -100,14 +101,13 @@ class RedisControlQueue:
         self._delivery_mode = maybe_delivery_mode(conf.task_default_delivery_mode)  # type: ignore[no-untyped-call]
         self._sha = client.register_script(_KEEP).sha
         self._frame: _Frame | None = None
-        #: For a batch of one: a connection of the pool kept for it (a pipeline checks
-        #: one out of the pool each time, and checks it, which costs more system
-        #: calls than the command itself).
-        self._single = (
-            redis.Redis(connection_pool=client.connection_pool, single_connection_client=True)
-            if same_as_store
-            else None
-        )
+        #: A connection of our own, made like the pool's, for :meth:`keep`'s round
+        #: trips: redis-py's command path (a connection checked out of the pool, its
+        #: retry wrapper, its metrics) cost more than the command itself. It is used
+        #: under the lock, and made again in a forked process.
+        self._connection: Any = None
+        self._connection_pid = 0
+        self._lock = threading.Lock()
 
     def observed(self) -> bool:
         """True when something watches task publishing: ``before_task_publish``,
@@ -210,16 +210,38 @@ class RedisControlQueue:
         return [r if isinstance(r, Exception) else bool(r) for r in results]
 
     def _run(self, calls: list[tuple[str, str, str, int, str]]) -> list[Any]:
-        if len(calls) == 1 and self._single is not None:
-            record, key, task_id, ttl, message = calls[0]
+        """The script run for each call in one round trip: its answer, or the error
+        Redis answered. A lost connection is tried again once through redis-py's own
+        path (safe: the script knows its own attempt by the record's value)."""
+        commands = [("EVALSHA", self._sha, 2, *call) for call in calls]
+        try:
+            return self._round_trip(commands)
+        except (redis.ConnectionError, redis.TimeoutError):
+            pipe = self.client.pipeline(transaction=False)
+            for call in calls:
+                pipe.evalsha(self._sha, 2, *call)
+            return pipe.execute(raise_on_error=False)
+
+    def _round_trip(self, commands: list[tuple[Any, ...]]) -> list[Any]:
+        with self._lock:
+            if self._connection is None or self._connection_pid != os.getpid():
+                # After a fork the parent's connection is left alone: not closed here.
+                pool = self.client.connection_pool
+                self._connection = pool.connection_class(**pool.connection_kwargs)
+                self._connection_pid = os.getpid()
+            connection = self._connection
             try:
-                return [self._single.evalsha(self._sha, 2, record, key, task_id, ttl, message)]
-            except redis.ResponseError as error:
-                return [error]
-        pipe = self.client.pipeline(transaction=False)
-        for record, key, task_id, ttl, message in calls:
-            pipe.evalsha(self._sha, 2, record, key, task_id, ttl, message)
-        return pipe.execute(raise_on_error=False)
+                connection.send_packed_command(connection.pack_commands(commands))
+                results: list[Any] = []
+                for _ in commands:
+                    try:
+                        results.append(connection.read_response())
+                    except redis.ResponseError as error:
+                        results.append(error)
+            except BaseException:
+                connection.disconnect()
+                raise
+            return results
 
 
 class _Frame:

@@ -150,6 +150,53 @@ def test_a_retried_round_trip_counts_as_kept(
     assert redis_client.llen(direct.key) == 1
 
 
+def test_a_connection_dropped_by_redis_between_notifications_costs_none(
+    redis_url: str, redis_client: redis.Redis, queue_name: str, key_prefix: str
+) -> None:
+    direct = redis_control_queue(make_app(redis_url), queue_name, redis.Redis.from_url(redis_url))
+    assert direct is not None
+    name = f"tenant-gate-test-{uuid.uuid4().hex[:8]}"
+    assert direct.keep([(f"{key_prefix}:seen:0", 30, KWARGS)]) == [True]
+    direct._connection.send_command("CLIENT", "SETNAME", name)
+    assert direct._connection.read_response() in (b"OK", "OK")
+    # Named again after each reconnection, so that the test can find it.
+    direct._connection.client_name = name
+    for n in range(1, 4):
+        # Redis closes the connection (an idle timeout, a restart, a failover proxy).
+        [ours] = [c for c in redis_client.client_list() if c.get("name") == name]
+        assert redis_client.client_kill_filter(_id=ours["id"]) == 1
+        fresh = [(f"{key_prefix}:seen:{n}:{m}", 30, KWARGS) for m in range(n)]
+        assert direct.keep(fresh) == [True] * n  # tried again through redis-py's path
+        # And the next goes over its own connection again, made anew.
+        assert direct.keep([(f"{key_prefix}:seen:{n}:next", 30, KWARGS)]) == [True]
+    assert redis_client.llen(direct.key) == 1 + (1 + 1) + (2 + 1) + (3 + 1)
+
+
+def test_a_forked_process_uses_a_connection_of_its_own(
+    redis_url: str, redis_client: redis.Redis, queue_name: str, key_prefix: str
+) -> None:
+    direct = redis_control_queue(make_app(redis_url), queue_name, redis.Redis.from_url(redis_url))
+    assert direct is not None
+    assert direct.keep([(f"{key_prefix}:seen:parent", 30, KWARGS)]) == [True]
+    parents = direct._connection
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: keep one, say whether it was kept on another connection
+        try:
+            kept = direct.keep([(f"{key_prefix}:seen:child", 30, KWARGS)])
+            os.write(write, b"1" if kept == [True] and direct._connection is not parents else b"0")
+        finally:
+            os._exit(0)
+    os.close(write)
+    with os.fdopen(read, "rb") as answer:
+        assert answer.read() == b"1"
+    os.waitpid(pid, 0)
+    # The parent's connection still answers for the parent: nothing mixed up.
+    assert direct.keep([(f"{key_prefix}:seen:parent-again", 30, KWARGS)]) == [True]
+    assert direct._connection is parents
+    assert redis_client.llen(direct.key) == 3
+
+
 def test_a_redis_that_lost_its_scripts_is_given_it_again(queue_name: str) -> None:
     from celery_tenant_gate.testing import EmbeddedRedis
 
