@@ -171,16 +171,13 @@ class TenantStates:
         token = self.cache.token(ctx)
         try:
             record = self.store.get(ctx)
-            if record is not None and record.is_due(self._clock()) and not wait:
-                # Decide from what is stored; the new answer, once stored, is
-                # announced and replaces this one in every process's cache.
+            due = record is None or record.is_due(self._clock())
+            if due and record is not None and not wait:
+                # Decide from what is stored, for a short while; the new answer, once
+                # stored, is announced and replaces this one in every process's cache.
                 self._refresh_later(ctx, record)
-                now = self._clock()
-                known = Known(self.policy.decide(record, now), record)
-                self._last_seen[ctx] = record
-                self.cache.put(ctx, token, now + self.config.min_ttl, known)
-                return known
-            if record is None or record.is_due(self._clock()):
+                return self._remember(ctx, token, record, self._clock() + self.config.min_ttl)
+            if due:
                 record = self._refresh_shared(ctx, record)
         except redis.RedisError as exc:
             record = self._last_seen.get(ctx)
@@ -193,15 +190,28 @@ class TenantStates:
                 verdict.value,
             )
             return Known(verdict, record)
+        return self._remember(ctx, token, record)
+
+    def _remember(
+        self,
+        ctx: str,
+        token: tuple[int, int],
+        record: TenantRecord | None,
+        until: float | None = None,
+    ) -> Known:
+        """The verdict on *record*, cached (under *token*) until *until*, by default
+        until the record is due or time alone changes the verdict."""
         now = self._clock()
         known = Known(self.policy.decide(record, now), record)
-        if record is not None:
-            self._last_seen[ctx] = record
-            expires = record.check_after
+        if record is None:
+            return known
+        self._last_seen[ctx] = record
+        if until is None:
+            until = record.check_after
             changes_at = record.fresh_until + self.policy.grace_period
             if changes_at > now:  # time alone changes the verdict then
-                expires = min(expires, changes_at)
-            self.cache.put(ctx, token, expires, known)
+                until = min(until, changes_at)
+        self.cache.put(ctx, token, until, known)
         return known
 
     def _refresh_later(self, ctx: str, known: TenantRecord) -> None:
