@@ -151,7 +151,7 @@ class Gate:
                 ),
             )
         elif self.hooks:
-            self._tell("on_run", ctx, task.name)
+            self._tell("on_run", lambda hooks: hooks.on_run(ctx, task.name))
         return verdict
 
     def _after_hold(self, ctx: str, queue: str, headers: Any) -> None:
@@ -184,7 +184,7 @@ class Gate:
             reason=reason,
         )
         if self.hooks:
-            self._tell("on_held", ctx, task, reason)
+            self._tell("on_held", lambda hooks: hooks.on_held(ctx, task, reason))
 
     def _drop(self, ctx: str, message: HeldMessage) -> None:
         record = self.states.record(ctx, wait=False)
@@ -203,14 +203,15 @@ class Gate:
             )
         if self.hooks:
             tasks = [TaskRef(m.task_id, m.task_name, "") for m in messages]
-            self._tell("on_dropped", ctx, tasks, reason)
+            self._tell("on_dropped", lambda hooks: hooks.on_dropped(ctx, tasks, reason))
 
-    def _tell(self, hook: str, *args: object) -> None:
+    def _tell(self, name: str, call: Callable[[GateHooks], None]) -> None:
+        """*call* each of the hooks (its method *name*); one that fails is logged."""
         for hooks in self.hooks:
             try:
-                getattr(hooks, hook)(*args)
+                call(hooks)
             except Exception:
-                logger.exception("tenant-gate: %s.%s failed", type(hooks).__name__, hook)
+                logger.exception("tenant-gate: %s.%s failed", type(hooks).__name__, name)
 
     def _dead_letter(self, ctx: str, message: HeldMessage, reason: str) -> None:
         logger.warning(
@@ -286,7 +287,7 @@ class Gate:
                 queue=task.queue,
             )
         if self.hooks:
-            self._tell("on_released", ctx, tasks)
+            self._tell("on_released", lambda hooks: hooks.on_released(ctx, tasks))
 
     def purge(self, context_id: str, reason: str = "purged by hand") -> int:
         """Drop every held task of the tenant into its dead-letter place."""
