@@ -220,9 +220,23 @@ def hold_request(
     )
     if through_hold:
         signature.set(exchange=HOLD_EXCHANGE, routing_key=destination)
-    acquire = producers.acquire() if producers is not None else task.app.producer_or_acquire()
-    with acquire as producer:
-        producer.maybe_declare(entity)
-        # The request's options already carry the task id, retries (unchanged),
-        # expiry, priority, links and chord: a hold is not a retry.
-        signature.apply_async(producer=producer, retry=True, retry_policy=_RETRY_POLICY)
+    # RabbitMQ: a copy no queue takes (its tenant queue was deleted under this
+    # process) is returned, which fails the publish; the tenant queue is then
+    # declared again and the copy sent once more. The task is already out of the
+    # broker's hands here (with acks_late off): a failure would lose it.
+    attempts = 2 if amqp else 1
+    for attempt in range(1, attempts + 1):
+        acquire = producers.acquire() if producers is not None else task.app.producer_or_acquire()
+        with acquire as producer:
+            try:
+                with _redeclare_on_failure(producer):
+                    producer.maybe_declare(entity)
+                    # The request's options already carry the task id, retries
+                    # (unchanged), expiry, priority, links and chord: a hold is not a retry.
+                    signature.apply_async(
+                        producer=producer, retry=True, retry_policy=_RETRY_POLICY, mandatory=amqp
+                    )
+                return
+            except producer.connection.channel_errors:
+                if attempt == attempts:
+                    raise

@@ -542,3 +542,44 @@ def test_count_all_adds_up_queues_over_one_connection(broker: Broker, held: Amqp
     missing = broker.name("tenant.Gone")
     assert held.count_all([first, missing, second]) == 5
     assert broker.ready(missing) is None  # not created
+
+
+def test_a_pool_side_hold_survives_its_tenant_queue_being_deleted() -> None:
+    # A task already in the pool when its tenant paused is held from there. If the
+    # tenant queue was deleted under this process (which declared it before), the
+    # copy must not vanish: RabbitMQ drops an unroutable message and confirms it.
+    from celery import Celery
+
+    from celery_tenant_gate.holding import ConfirmedProducers, hold_request
+
+    broker = Broker(AMQP_URL, mode="dead-letter")
+    app = Celery("pool-hold-test", broker=AMQP_URL, set_as_current=False)
+
+    @app.task(bind=True, name="pool_hold_test.work")
+    def work(self: Any, n: int) -> None:  # never run here
+        raise AssertionError("the body must not run")
+
+    tenant, destination = broker.name("tenant"), broker.declare("work")
+    producers = ConfirmedProducers(app)
+    try:
+        for n in range(2):
+            work.push_request(
+                id=f"task-{n}",
+                args=[n],
+                kwargs={},
+                headers={"id": f"task-{n}", "task": work.name},
+                delivery_info={"exchange": "", "routing_key": destination},
+            )
+            try:
+                hold_request(
+                    work, tenant, "Cust1", producers=producers, amqp=True, destination=destination
+                )
+            finally:
+                work.pop_request()
+            assert broker.channel.queue_declare(tenant, passive=True).message_count == 1
+            if n == 0:
+                broker.channel.queue_delete(tenant)  # someone deletes it, task and all
+    finally:
+        with contextlib.suppress(Exception), producers.acquire() as producer:
+            producer.connection.close()
+        broker.close()
