@@ -223,12 +223,17 @@ class RedisControlQueue:
             return pipe.execute(raise_on_error=False)
 
     def _round_trip(self, commands: list[tuple[Any, ...]]) -> list[Any]:
+        if self._connection_pid != os.getpid():
+            # A forked child: another thread of the parent may have held the lock at
+            # the fork, and it would never be released here. A lock and a connection
+            # of its own; the parent's connection is left alone, not closed.
+            self._lock = threading.Lock()
+            self._connection = None
+            self._connection_pid = os.getpid()
         with self._lock:
-            if self._connection is None or self._connection_pid != os.getpid():
-                # After a fork the parent's connection is left alone: not closed here.
+            if self._connection is None:
                 pool = self.client.connection_pool
                 self._connection = pool.connection_class(**pool.connection_kwargs)
-                self._connection_pid = os.getpid()
             connection = self._connection
             try:
                 connection.send_packed_command(connection.pack_commands(commands))

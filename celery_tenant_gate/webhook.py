@@ -25,6 +25,7 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
+from types import MappingProxyType
 from typing import Any, NamedTuple
 
 from .metrics import metrics
@@ -79,26 +80,30 @@ class WebhookResponse:
     headers: Mapping[str, str] = field(default_factory=dict)
 
     @cached_property
-    def raw_headers(self) -> list[tuple[bytes, bytes]]:
-        """The headers as ASGI sends them: lower-case names, latin-1 bytes."""
-        return [
+    def raw_headers(self) -> tuple[tuple[bytes, bytes], ...]:
+        """The headers as ASGI sends them: lower-case names, latin-1 bytes (a tuple:
+        responses may be shared; an adapter sends a list of its own)."""
+        return tuple(
             (name.lower().encode("latin-1"), value.encode("latin-1"))
             for name, value in self.headers.items()
-        ]
+        )
 
     @classmethod
     def json(
         cls, status: int, document: Mapping[str, Any], headers: Mapping[str, str] | None = None
     ) -> WebhookResponse:
         body = json.dumps(document, separators=(",", ":")).encode()
+        # Read-only: some responses are made once and shared by every request.
         return cls(
             status,
             body,
-            {
-                "Content-Type": "application/json",
-                "Content-Length": str(len(body)),
-                **(headers or {}),
-            },
+            MappingProxyType(
+                {
+                    "Content-Type": "application/json",
+                    "Content-Length": str(len(body)),
+                    **(headers or {}),
+                }
+            ),
         )
 
 

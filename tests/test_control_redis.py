@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -195,6 +196,26 @@ def test_a_forked_process_uses_a_connection_of_its_own(
     assert direct.keep([(f"{key_prefix}:seen:parent-again", 30, KWARGS)]) == [True]
     assert direct._connection is parents
     assert redis_client.llen(direct.key) == 3
+
+
+def test_a_child_forked_while_another_thread_made_a_round_trip_does_not_hang(
+    redis_url: str, redis_client: redis.Redis, queue_name: str, key_prefix: str
+) -> None:
+    direct = redis_control_queue(make_app(redis_url), queue_name, redis.Redis.from_url(redis_url))
+    assert direct is not None
+    assert direct.keep([(f"{key_prefix}:seen:parent", 30, KWARGS)]) == [True]
+    direct._lock.acquire()  # as if another thread were in a round trip at the fork
+    try:
+        pid = os.fork()
+        if pid == 0:  # the child: its lock would stay taken for ever
+            signal.alarm(10)  # a hang ends the child, and the test, within a bound
+            kept = direct.keep([(f"{key_prefix}:seen:child", 30, KWARGS)])
+            os._exit(0 if kept == [True] else 1)
+    finally:
+        direct._lock.release()
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert redis_client.llen(direct.key) == 2
 
 
 def test_a_redis_that_lost_its_scripts_is_given_it_again(queue_name: str) -> None:

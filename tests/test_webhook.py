@@ -31,6 +31,7 @@ import requests
 import uvicorn
 from celery import Celery
 from cryptography.hazmat.primitives.asymmetric import rsa
+from workers import wait_until
 
 from celery_tenant_gate.notification import Notification
 from celery_tenant_gate.testing import FakeSuperOffice
@@ -45,6 +46,7 @@ pytestmark = pytest.mark.redis
 
 CTX = "Cust12345"
 JSON = {"Content-Type": "application/json"}
+JSON_TYPE = b"application/json"
 
 
 @cache
@@ -801,3 +803,83 @@ def test_on_rabbitmq_every_202_is_a_control_task_the_broker_confirmed(
     finally:
         with Connection(amqp_url) as connection:
             connection.default_channel.queue_delete(queue_name)
+
+
+def test_middleware_that_changes_an_answers_headers_changes_that_answer_only(
+    receiver: WebhookReceiver, superoffice: FakeSuperOffice, queued: Queued
+) -> None:
+    # ASGI middleware may change a response's headers in place (GZip does); the
+    # 202 answers are made once and shared, so each request must get a list of its own.
+    webhook = make_asgi_app(receiver)
+
+    async def stamping(scope: Any, receive: Any, send: Any) -> None:
+        async def stamp(message: Any) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"].append((b"x-stamp", b"1"))
+            await send(message)
+
+        await webhook(scope, receive, stamp)
+
+    with serve_asgi(stamping) as address:
+        answers = [
+            requests.post(address, json=superoffice.notification(f"Cust{n}", 2), timeout=10)
+            for n in range(3)
+        ]
+    assert [(a.status_code, a.headers["x-stamp"]) for a in answers] == [(202, "1")] * 3
+    assert queued.tenants == ["Cust0", "Cust1", "Cust2"]
+
+
+def test_an_event_loop_closed_while_a_batch_is_with_the_receiver_lets_go_of_its_thread(
+    receiver: WebhookReceiver, superoffice: FakeSuperOffice
+) -> None:
+    import asyncio
+    import gc
+
+    started, carry_on = threading.Event(), threading.Event()
+    handle_many = receiver.handle_many
+
+    def slow(requests: Any) -> Any:
+        started.set()
+        carry_on.wait(10)
+        return handle_many(requests)
+
+    receiver.handle_many = slow  # type: ignore[method-assign]
+    app = make_asgi_app(receiver)
+
+    def threads() -> int:
+        return sum(t.name.startswith("tenant-gate-webhook") for t in threading.enumerate())
+
+    before = threads()
+
+    async def post(n: int) -> None:
+        body = json.dumps(superoffice.notification(f"Cust{n}", 2)).encode()
+        messages = [{"type": "http.request", "body": body, "more_body": False}]
+        scope = {"type": "http", "method": "POST", "headers": [(b"content-type", JSON_TYPE)]}
+
+        async def receive() -> Any:
+            return messages.pop(0)
+
+        async def send(message: Any) -> None:
+            pass
+
+        await app(scope, receive, send)
+
+    async def close_while_busy() -> None:
+        first = asyncio.ensure_future(post(1))  # with the receiver...
+        await asyncio.get_running_loop().run_in_executor(None, started.wait, 10)
+        second = asyncio.ensure_future(post(2))  # ... and one waiting for the next batch
+        await asyncio.sleep(0)  # lets it join the waiting ones, nothing to wait on
+        assert not first.done() and not second.done()
+        for client in (first, second):  # the clients go away; the batch goes on
+            client.cancel()
+        await asyncio.gather(first, second, return_exceptions=True)
+
+    loop = asyncio.new_event_loop()
+    loop.run_until_complete(close_while_busy())
+    loop.run_until_complete(loop.shutdown_default_executor())
+    loop.close()
+    assert threads() == before + 1
+    carry_on.set()  # the batch ends after its loop is gone
+    del loop
+    # Nothing announces a thread's end: polled, with a bound.
+    wait_until(lambda: gc.collect() >= 0 and threads() == before, 10, "the thread let go")

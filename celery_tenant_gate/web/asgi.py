@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import contextlib
 import weakref
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
@@ -64,7 +63,8 @@ class WebhookASGIApp:
             {
                 "type": "http.response.start",
                 "status": response.status,
-                "headers": response.raw_headers,
+                # A list of its own: middleware may change it, and answers are shared.
+                "headers": list(response.raw_headers),
             }
         )
         await send({"type": "http.response.body", "body": response.body})
@@ -136,10 +136,17 @@ class _Batches:
 
         def back(done: concurrent.futures.Future[list[WebhookResponse]]) -> None:
             # In the receiver's thread: the rest goes on in the loop's.
-            with contextlib.suppress(RuntimeError):  # the loop was closed meanwhile
+            try:
                 loop.call_soon_threadsafe(self._done, batch, done)
+            except RuntimeError:  # the loop was closed meanwhile: nobody waits now
+                self.close()
 
         answered.add_done_callback(back)
+
+    def close(self) -> None:
+        """Let go of what waits and of the thread (its loop is closed)."""
+        self.waiting.clear()
+        self.thread.shutdown(wait=False)
 
     def _done(
         self,
