@@ -360,9 +360,14 @@ class Gate:
     def _forget_idle(self, held: dict[str, float]) -> None:
         """Stop sweeping tenant queues that stayed empty past the forget time."""
         cutoff = self._clock() - self.config.held_forget_after
-        for ctx, last in held.items():
-            if last < cutoff and self.held_queues.count(self.queue_for(ctx)) == 0:
-                self.states.store.unmark_held(ctx)
+        idle = {self.queue_for(ctx): ctx for ctx, last in held.items() if last < cutoff}
+        if not idle:
+            return
+        # One connection for all of them (on RabbitMQ a connection a tenant would cost
+        # a sweep more than its work).
+        for queue, count in self.held_queues.counts(list(idle)).items():
+            if count == 0:
+                self.states.store.unmark_held(idle[queue])
 
     def _sweep_one(self, ctx: str) -> str:
         record = self.states.record(ctx)  # asks the State API when its answer is due

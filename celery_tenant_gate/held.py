@@ -64,8 +64,9 @@ class HeldQueues(Protocol):
         """Messages waiting; 0 for a queue that does not exist (never creates it)."""
         ...
 
-    def count_all(self, queues: Sequence[str]) -> int:
-        """Messages waiting in all of *queues*, in one connection."""
+    def counts(self, queues: Sequence[str]) -> dict[str, int]:
+        """Messages waiting in each of *queues* (missing: 0), in one round trip or
+        over one connection."""
         ...
 
     def peek(self, queue: str, limit: int = 100) -> list[HeldMessage]:

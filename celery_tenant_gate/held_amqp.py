@@ -284,10 +284,10 @@ class AmqpHeldQueues:
         with self._connection() as connection:
             return self._ready(connection, queue) or 0
 
-    def count_all(self, queues: Sequence[str]) -> int:
-        """Messages waiting in all of *queues*, over one connection (missing: 0)."""
+    def counts(self, queues: Sequence[str]) -> dict[str, int]:
+        """Messages waiting in each of *queues*, over one connection (missing: 0)."""
         with self._connection() as connection:
-            return sum(self._ready(connection, queue) or 0 for queue in queues)
+            return {queue: self._ready(connection, queue) or 0 for queue in queues}
 
     def peek(self, queue: str, limit: int = 100) -> list[HeldMessage]:
         """The oldest *limit* messages of *queue*, oldest first.

@@ -114,14 +114,15 @@ class RedisHeldQueues:
         self._release = client.register_script(_RELEASE)
 
     def count(self, queue: str) -> int:
-        return self.count_all([queue])
+        return self.counts([queue])[queue]
 
-    def count_all(self, queues: Sequence[str]) -> int:
+    def counts(self, queues: Sequence[str]) -> dict[str, int]:
         pipe = self.client.pipeline(transaction=False)
         for queue in queues:
             for key in _keys(queue):
                 pipe.llen(key)
-        return sum(pipe.execute())
+        lengths = iter(pipe.execute())
+        return {queue: sum(next(lengths) for _ in _keys(queue)) for queue in queues}
 
     def peek(self, queue: str, limit: int = 100) -> list[HeldMessage]:
         found: list[HeldMessage] = []

@@ -353,9 +353,13 @@ def test_sweeps_watch_an_emptied_tenant_queue_until_the_forget_time(
     forget_after = gate.config.held_forget_after
     store.mark_held("Cust1", now - forget_after - 1)  # emptied long ago
     store.mark_held("Cust2", now - 10)  # emptied just now
+    # Held long ago and still holding (paused by hand): watched, however long ago.
+    gate.pause("Cust3", "by hand")
+    app.tasks["gateapp.work"].apply_async(("Cust3", 1), queue=gate.queue_for("Cust3"))
+    store.mark_held("Cust3", now - forget_after - 1)
 
     gate.sweep()
-    assert set(store.held_tenants()) == {"Cust2"}  # Cust1 is forgotten, Cust2 watched
+    assert set(store.held_tenants()) == {"Cust2", "Cust3"}  # Cust1 is forgotten
 
     # The broker puts a released task of Cust2 back where it was consumed from.
     app.tasks["gateapp.work"].apply_async(("Cust2", 1), queue=gate.queue_for("Cust2"))
