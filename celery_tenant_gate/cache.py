@@ -94,7 +94,8 @@ class ChangeListener:
         reconnect_delay: float = 0.5,
         reconnect_delay_max: float = 10.0,
     ) -> None:
-        self._client = client
+        # Typed through a variable: redis-py typed pubsub() only in 8.x (untyped before).
+        self._open_pubsub: Callable[[], redis.client.PubSub] = client.pubsub
         self._channel = channel
         self._on_change = on_change
         self._on_connection = on_connection
@@ -115,7 +116,7 @@ class ChangeListener:
     def _run(self) -> None:
         delay = self._delay
         while not self._stop.is_set():
-            pubsub = self._client.pubsub()  # type: ignore[no-untyped-call]
+            pubsub = self._open_pubsub()
             try:
                 pubsub.subscribe(self._channel)
                 while not self._stop.is_set():
