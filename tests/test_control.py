@@ -266,6 +266,49 @@ def test_a_late_notification_does_not_undo_a_newer_one(
     assert record is not None and record.paused  # the late Resume changed nothing
 
 
+def _applied(gate: Gate, ctx: str, issued: float) -> bool:
+    record = gate.states.store.get(ctx)
+    return record is not None and record.notified_at >= issued
+
+
+def test_a_resume_the_state_api_does_not_confirm_holds_until_the_tenant_runs(
+    env: dict[str, str], harness: Harness, superoffice: FakeSuperOffice
+) -> None:
+    superoffice.set_state("Cust2", "Running", valid_for=0.3)
+    app = gateapp.make_app(env)
+    gate = gate_for(app)
+    work = app.tasks["gateapp.work"]
+
+    def held() -> int:  # from the store and the broker only: the test asks no State API
+        return gate.state("Cust2", look_up=False).held
+
+    harness.worker("solo")
+    notify(app, ChangeType.Suspend, "Cust2")
+    wait_until(lambda: _paused(gate, "Cust2"), what="paused by the Suspend")
+    superoffice.set_state("Cust2", "Suspended", valid_for=0.3)
+    sent = [work.delay("Cust2", n) for n in range(5)]
+    wait_until(lambda: held() == 5, what="5 held")
+
+    issued = time.time()
+    notify(app, ChangeType.Resume, "Cust2", iat=issued)  # the State API says Suspended
+    wait_until(lambda: _applied(gate, "Cust2", issued), what="the Resume applied")
+    # The worker keeps asking the State API (its sweeps); the tenant stays paused.
+    asked = superoffice.calls("Cust2")
+    wait_until(lambda: superoffice.calls("Cust2") >= asked + 3, what="the State API asked again")
+    record = gate.states.store.get("Cust2")
+    assert record is not None and record.paused
+    assert record.pause_reason == "Suspend notification", "still paused by the Suspend"
+    assert held() == 5
+    assert [r for r in harness.ran_now() if r["ctx"] == "Cust2"] == []
+
+    superoffice.set_state("Cust2", "Running", valid_for=60)  # no second Resume
+    harness.wait_ids({r.id for r in sent})
+    ran = [r["n"] for r in harness.ran_now() if r["ctx"] == "Cust2"]
+    assert ran == list(range(5)), "each held task once, in the order sent"
+    assert held() == 0
+    assert not _paused(gate, "Cust2")
+
+
 def test_pause_and_resume_by_hand_through_the_workers(
     env: dict[str, str], harness: Harness, superoffice: FakeSuperOffice
 ) -> None:
