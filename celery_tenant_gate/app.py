@@ -52,6 +52,9 @@ def tenant_states(app: Any) -> TenantStates:
 
 def gate_for(app: Any) -> Gate:
     """The app's :class:`Gate` (created on first use, one per process)."""
+    gate: Gate | None = getattr(app, "_tenant_gate", None)
+    if gate is not None:  # every tenant task asks: the short way first
+        return gate
 
     def make() -> Gate:
         config = gate_config(app)

@@ -42,6 +42,10 @@ class TenantStatus:
     dropped: int
 
 
+#: How many well-formed tenant ids a gate remembers (then it starts over).
+_VALID_IDS_MAX = 10_000
+
+
 class Gate:
     """Decides per task message, and moves a tenant's work in and out of its queue."""
 
@@ -62,6 +66,8 @@ class Gate:
         self.dead = dead
         self._clock = clock
         self._pattern = compile_pattern(config.tenant_id_pattern)
+        #: Tenant ids already found well-formed (the hot path skips the two regexes).
+        self._valid_ids: set[str] = set()
         #: Told what the gate did (metrics, Celery task events); see :mod:`.hooks`.
         self.hooks: list[GateHooks] = []
         # RabbitMQ: holds are confirmed by the broker before the original is acked.
@@ -77,25 +83,51 @@ class Gate:
             return None
         return destination_queue(self.app, headers, delivery_info)
 
+    def _valid(self, raw: object) -> str:
+        """*raw* as a tenant id, checked (see :func:`validate_tenant_id`)."""
+        if type(raw) is str and raw in self._valid_ids:
+            return raw
+        ctx = validate_tenant_id(raw, self._pattern)
+        if len(self._valid_ids) >= _VALID_IDS_MAX:
+            self._valid_ids.clear()
+        self._valid_ids.add(ctx)
+        return ctx
+
     def queue_for(self, context_id: str) -> str:
         return self.config.queue_template.format(ctx=context_id)
 
     # -- in the worker's consumer ---------------------------------------------------
 
-    def screen(self, message: Any, task: Any, args: Any, kwargs: Any) -> Verdict:
+    def screen(
+        self,
+        message: Any,
+        task: Any,
+        args: Any,
+        kwargs: Any,
+        revoked: Callable[[], bool] = lambda: False,
+    ) -> Verdict | None:
         """Decide for a received message of a tenant-scoped task, and act on a hold or
-        drop (the caller then acknowledges the message and does not run it)."""
+        drop (the caller then acknowledges the message and does not run it).
+
+        *revoked* is asked before a hold or a drop (only then: for a task that runs,
+        Celery asks itself); when it says revoked or expired, nothing is done and None
+        is returned (Celery's ``Request.revoked()`` acknowledges and records it).
+        """
         raw = tenant_from_headers(message.headers)
         if raw is None:
             raw = tenant_from_call(args, kwargs, task.tenant_arg, task._tenant_arg_index())
         try:
-            ctx = validate_tenant_id(raw, self._pattern)
+            ctx = self._valid(raw)
         except InvalidTenantId as exc:
+            if revoked():
+                return None
             invalid, reason = _raw_of(message), f"invalid tenant: {exc}"
             self._dead_letter(INVALID_TENANT, invalid, reason)
             self._dropped(INVALID_TENANT, [invalid], reason)
             return Verdict.DROP
         verdict = self.states.verdict(ctx, wait=False)
+        if verdict is not Verdict.RUN and revoked():
+            return None
         if verdict is Verdict.HOLD:
             queue = self.queue_for(ctx)
             # Noted before publishing: if Redis cannot take it, nothing is published
@@ -116,20 +148,22 @@ class Gate:
 
     # -- in a pool process, right before the body -------------------------------------
 
-    def recheck(self, task: Any) -> Verdict:
+    def recheck(self, task: Any, request: Any = None) -> Verdict:
         """For a task already in the pool: hold or drop it now if its tenant stopped
-        running since the consumer let it through."""
-        raw = tenant_from_request(task.request)
+        running since the consumer let it through. *request*: ``task.request``, when
+        the caller has it already."""
+        if request is None:
+            request = task.request
+        raw = tenant_from_request(request)
         if raw is None:
             raw = tenant_from_call(
-                task.request.args, task.request.kwargs, task.tenant_arg, task._tenant_arg_index()
+                request.args, request.kwargs, task.tenant_arg, task._tenant_arg_index()
             )
-        ctx = validate_tenant_id(raw, self._pattern)
+        ctx = self._valid(raw)
         verdict = self.states.verdict(ctx, wait=False)
         if verdict is Verdict.HOLD:
             queue = self.queue_for(ctx)
             self.states.store.mark_held(ctx, self._clock())
-            request = task.request
             hold_request(
                 task,
                 queue,
@@ -138,9 +172,8 @@ class Gate:
                 amqp=self._amqp,
                 destination=self._destination(request.headers, request.delivery_info),
             )
-            self._after_hold(ctx, queue, {"id": task.request.id, "task": task.name})
+            self._after_hold(ctx, queue, {"id": request.id, "task": task.name})
         elif verdict is Verdict.DROP:
-            request = task.request
             self._drop(
                 ctx,
                 HeldMessage(

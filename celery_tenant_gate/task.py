@@ -110,10 +110,11 @@ class TenantTask(Task):  # type: ignore[misc]
     def before_start(self, task_id: str, args: Any, kwargs: Any) -> None:
         """The last check, in the pool process, right before the body: a task that
         was handed to the pool before its tenant paused is held (or dropped) here."""
-        if getattr(self.request, "is_eager", False):
+        request = self.request  # a thread-local look-up: once
+        if getattr(request, "is_eager", False):
             return
         try:
-            verdict = gate_for(self.app).recheck(self)
+            verdict = gate_for(self.app).recheck(self, request)
         except Exception as exc:
             if self.acks_late:
                 # Back to the broker rather than a failure that acks and loses it.

@@ -49,11 +49,10 @@ def gated(
         task = request.task
         if not getattr(task, "tenant_scoped", False):
             return on_task_request(request)
-        if request.revoked():  # revoked or expired: Celery acks and records it; never hold
-            return None
         message = request.message
         try:
-            verdict = gate.screen(message, task, request.args, request.kwargs)
+            # A revoked or expired task is never held (Celery acks and records it).
+            verdict = gate.screen(message, task, request.args, request.kwargs, request.revoked)
         except Exception:
             # Neither run it (its tenant may be away) nor lose it: back to the broker,
             # after a pause, so that a broken broker or Redis is not a hot loop. The
@@ -73,6 +72,8 @@ def gated(
         if verdict is Verdict.RUN:
             restore_route(message.headers, request.delivery_info)
             return on_task_request(request)
+        if verdict is None:  # revoked
+            return None
         acknowledge_now(request)
         task_ready(request)
         return None

@@ -132,6 +132,28 @@ def test_a_deleted_tenant_runs_nothing_and_every_task_is_counted(
     assert all("Deleted" in letter.reason for letter in letters)
 
 
+def test_a_task_revoked_while_it_waits_for_its_eta_is_not_held(
+    env: dict[str, str], harness: Harness, superoffice: FakeSuperOffice
+) -> None:
+    superoffice.set_state("Cust1", "Running")
+    app = _app(env)
+    gate = _gate(app)
+    work = app.tasks["gateapp.work"]
+    worker = harness.worker("solo")
+    gate.pause("Cust1", "by the test")
+    later = work.apply_async(("Cust1", 0), countdown=2)
+    wait_until(lambda: f"[{later.id}] received" in worker.log, what="the ETA task received")
+    app.control.revoke(later.id)
+    # At its ETA the gate finds it revoked: Celery discards it, and it is not held.
+    wait_until(lambda: "Discarding revoked task" in worker.log, what="discarded at its ETA")
+    kept = work.delay("Cust1", 1)
+    wait_until(lambda: gate.state("Cust1").held >= 1, what="the next task held")
+    assert [m.task_id for m in gate.held("Cust1", 10)] == [kept.id]
+    assert gate.resume("Cust1") == 1
+    (ran,) = harness.wait_ran(1)
+    assert ran["id"] == kept.id
+
+
 def test_held_five_times_is_not_a_retry(
     env: dict[str, str], harness: Harness, superoffice: FakeSuperOffice, redis_client: redis.Redis
 ) -> None:
