@@ -88,9 +88,10 @@ class Gate:
         if type(raw) is str and raw in self._valid_ids:
             return raw
         ctx = validate_tenant_id(raw, self._pattern)
-        if len(self._valid_ids) >= _VALID_IDS_MAX:
-            self._valid_ids.clear()
-        self._valid_ids.add(ctx)
+        if type(ctx) is str:  # a subclass could compare equal to what it is not
+            if len(self._valid_ids) >= _VALID_IDS_MAX:
+                self._valid_ids.clear()
+            self._valid_ids.add(ctx)
         return ctx
 
     def queue_for(self, context_id: str) -> str:

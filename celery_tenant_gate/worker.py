@@ -54,6 +54,8 @@ def gated(
             # A revoked or expired task is never held (Celery acks and records it).
             verdict = gate.screen(message, task, request.args, request.kwargs, request.revoked)
         except Exception:
+            if _revoked(request):  # acknowledged and recorded by Celery: nothing to keep
+                return None
             # Neither run it (its tenant may be away) nor lose it: back to the broker,
             # after a pause, so that a broken broker or Redis is not a hot loop. The
             # message stays unacknowledged (and counted as reserved) until then.
@@ -79,6 +81,15 @@ def gated(
         return None
 
     return gated_on_task_request
+
+
+def _revoked(request: Any) -> bool:
+    """Whether Celery finds *request* revoked or expired (False if it cannot tell)."""
+    try:
+        return bool(request.revoked())
+    except Exception:
+        logger.exception("tenant-gate: could not tell whether task %s is revoked", request.id)
+        return False
 
 
 def acknowledge_now(request: Any) -> None:

@@ -266,9 +266,10 @@ def test_a_late_notification_does_not_undo_a_newer_one(
     assert record is not None and record.paused  # the late Resume changed nothing
 
 
-def _applied(gate: Gate, ctx: str, issued: float) -> bool:
+def _resume_applied(gate: Gate, ctx: str, issued: float) -> bool:
+    # Noted first (notified_at), acted on after (a Resume clears resume_not_before).
     record = gate.states.store.get(ctx)
-    return record is not None and record.notified_at >= issued
+    return record is not None and record.notified_at >= issued and record.resume_not_before == 0
 
 
 def test_a_resume_the_state_api_does_not_confirm_holds_until_the_tenant_runs(
@@ -291,7 +292,7 @@ def test_a_resume_the_state_api_does_not_confirm_holds_until_the_tenant_runs(
 
     issued = time.time()
     notify(app, ChangeType.Resume, "Cust2", iat=issued)  # the State API says Suspended
-    wait_until(lambda: _applied(gate, "Cust2", issued), what="the Resume applied")
+    wait_until(lambda: _resume_applied(gate, "Cust2", issued), what="the Resume applied")
     # The worker keeps asking the State API (its sweeps); the tenant stays paused.
     asked = superoffice.calls("Cust2")
     wait_until(lambda: superoffice.calls("Cust2") >= asked + 3, what="the State API asked again")

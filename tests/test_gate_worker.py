@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import time
+from datetime import datetime, timezone
 from typing import Any
 
 import gateapp
@@ -141,9 +142,12 @@ def test_a_task_revoked_while_it_waits_for_its_eta_is_not_held(
     work = app.tasks["gateapp.work"]
     worker = harness.worker("solo")
     gate.pause("Cust1", "by the test")
-    later = work.apply_async(("Cust1", 0), countdown=2)
+    due = time.time() + 4
+    later = work.apply_async(("Cust1", 0), eta=datetime.fromtimestamp(due, timezone.utc))
     wait_until(lambda: f"[{later.id}] received" in worker.log, what="the ETA task received")
-    app.control.revoke(later.id)
+    replies = app.control.revoke(later.id, reply=True, timeout=5, limit=1)
+    assert replies, "the worker did not answer the revoke"
+    assert time.time() < due - 0.5, "revoked too late to test the hold path"
     # At its ETA the gate finds it revoked: Celery discards it, and it is not held.
     wait_until(lambda: "Discarding revoked task" in worker.log, what="discarded at its ETA")
     kept = work.delay("Cust1", 1)
@@ -152,6 +156,42 @@ def test_a_task_revoked_while_it_waits_for_its_eta_is_not_held(
     assert gate.resume("Cust1") == 1
     (ran,) = harness.wait_ran(1)
     assert ran["id"] == kept.id
+
+
+def test_screen_asks_whether_revoked_only_before_a_hold_or_a_drop(
+    env: dict[str, str], superoffice: FakeSuperOffice
+) -> None:
+    from types import SimpleNamespace
+
+    from celery_tenant_gate.verdicts import Verdict
+
+    superoffice.set_state("Cust1", "Running")
+    superoffice.set_state("Cust2", "Running")
+    superoffice.set_state("Cust3", "Deleted")
+    app = _app(env)
+    gate = _gate(app)
+    task = app.tasks["gateapp.work"]
+    gate.pause("Cust2", "by the test")
+    asked: list[str] = []
+
+    def screen(ctx: str) -> Verdict | None:
+        message = SimpleNamespace(
+            headers={"tenant_gate_ctx": ctx, "id": f"id-{ctx}", "task": task.name},
+            delivery_info={"exchange": "", "routing_key": "celery"},
+        )
+        return gate.screen(message, task, (ctx, 0), {}, lambda: asked.append(ctx) or True)
+
+    assert screen("Cust1") is Verdict.RUN
+    assert asked == []  # a task that runs: Celery asks on its way to the pool
+    for ctx in ("Cust2", "Cust3", "Nobody7"):
+        assert screen(ctx) is None
+    assert asked == ["Cust2", "Cust3", "Nobody7"]
+    # Those were a hold, a drop and a malformed tenant, and nothing of them was kept:
+    assert gate.states.verdict("Cust2") is Verdict.HOLD
+    assert gate.states.verdict("Cust3") is Verdict.DROP
+    assert gate.state("Cust2").held == 0
+    assert gate.dead.count("Cust3") == 0
+    assert gate.dead.count(INVALID_TENANT) == 0
 
 
 def test_held_five_times_is_not_a_retry(
