@@ -27,49 +27,48 @@ T = TypeVar("T")
 _lock = threading.RLock()  # the makers call each other
 
 
-def _cached(app: Any, attr: str, make: Callable[[], T]) -> T:
+def _cached(app: Any, attr: str, make: Callable[[Any], T]) -> T:
+    """``app.<attr>``, made by ``make(app)`` on first use. The makers are module-level
+    functions: the gate is asked for once per tenant task, so no closure per call."""
     value: T | None = getattr(app, attr, None)
     if value is None:
         with _lock:
             value = getattr(app, attr, None)
             if value is None:
-                value = make()
+                value = make(app)
                 setattr(app, attr, value)
     return value
 
 
 def tenant_states(app: Any) -> TenantStates:
     """The app's :class:`TenantStates` (created on first use, one per process)."""
+    return _cached(app, "_tenant_gate_states", _make_states)
 
-    def make() -> TenantStates:
-        config = gate_config(app)
-        if config.metrics:
-            metrics.enable()  # State API calls are counted from now on
-        return TenantStates.from_config(config)
 
-    return _cached(app, "_tenant_gate_states", make)
+def _make_states(app: Any) -> TenantStates:
+    config = gate_config(app)
+    if config.metrics:
+        metrics.enable()  # State API calls are counted from now on
+    return TenantStates.from_config(config)
 
 
 def gate_for(app: Any) -> Gate:
     """The app's :class:`Gate` (created on first use, one per process)."""
-    gate: Gate | None = getattr(app, "_tenant_gate", None)
-    if gate is not None:  # every tenant task asks: the short way first
-        return gate
+    return _cached(app, "_tenant_gate", _make_gate)
 
-    def make() -> Gate:
-        config = gate_config(app)
-        states = tenant_states(app)
-        gate = Gate(
-            app,
-            config,
-            states,
-            held_queues_for(app),
-            DeadLetters(states.store.client, config.key_prefix, config.dead_letter_max),
-        )
-        watch(gate)
-        return gate
 
-    return _cached(app, "_tenant_gate", make)
+def _make_gate(app: Any) -> Gate:
+    config = gate_config(app)
+    states = tenant_states(app)
+    gate = Gate(
+        app,
+        config,
+        states,
+        held_queues_for(app),
+        DeadLetters(states.store.client, config.key_prefix, config.dead_letter_max),
+    )
+    watch(gate)
+    return gate
 
 
 def held_queues_for(app: Any) -> HeldQueues:
