@@ -7,8 +7,8 @@ import json
 import sys
 from collections.abc import Callable
 
-from . import gate_overhead, gate_scale, lookup, pause_latency, release, webhook
-from .results import Result
+from bench import gate_overhead, gate_scale, lookup, pause_latency, release, webhook
+from bench.results import Result
 
 BENCHMARKS: dict[str, Callable[..., list[Result]]] = {
     "lookup": lookup.run,

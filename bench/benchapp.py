@@ -27,7 +27,7 @@ from celery import Celery
 from celery.signals import worker_ready
 
 from celery_tenant_gate import install, tenant_task
-from celery_tenant_gate.config import GateConfig
+from celery_tenant_gate.config.settings import GateConfig
 
 DEFAULT_REDIS = "redis://127.0.0.1:6379/0"
 #: Longest time the blocker task waits for its go key (then it returns anyway).

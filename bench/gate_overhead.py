@@ -24,10 +24,9 @@ from collections.abc import Callable
 from contextlib import ExitStack
 from typing import Any
 
+from bench.results import Result, alternating, by_round
+from bench.workers import AMQP_URL, Namespace, amqp_reachable, running, shown
 from celery_tenant_gate.testing import EmbeddedRedis, FakeSuperOffice
-
-from .results import Result, alternating, by_round
-from .workers import AMQP_URL, Namespace, amqp_reachable, running, shown
 
 GOAL = 0.95
 TENANTS = [f"Cust{i}" for i in range(1, 5)]

@@ -24,10 +24,9 @@ from __future__ import annotations
 import statistics
 from contextlib import ExitStack
 
+from bench.results import Result, alternating, by_round
+from bench.workers import Namespace, running
 from celery_tenant_gate.testing import EmbeddedRedis, FakeSuperOffice
-
-from .results import Result, alternating, by_round
-from .workers import Namespace, running
 
 GOAL = 0.9
 ONE = ["Cust1"]

@@ -11,11 +11,10 @@ from contextlib import ExitStack
 
 import redis
 
-from celery_tenant_gate.config import GateConfig
-from celery_tenant_gate.lookup import TenantStates
+from bench.results import Result, timed
+from celery_tenant_gate.config.settings import GateConfig
+from celery_tenant_gate.gate.lookup import TenantStates
 from celery_tenant_gate.testing import EmbeddedRedis, FakeSuperOffice
-
-from .results import Result, timed
 
 
 def _per_call_us(fn: Callable[[], object], calls: int, repeats: int = 5) -> float:

@@ -32,11 +32,10 @@ import redis
 import requests
 from celery import Celery
 
-from celery_tenant_gate.notification import ChangeType
+from bench.results import Result, Spread, alternating
+from bench.workers import START_TIMEOUT, Namespace, Worker
+from celery_tenant_gate.model.notification import ChangeType
 from celery_tenant_gate.testing import EmbeddedRedis, FakeSuperOffice
-
-from .results import Result, Spread, alternating
-from .workers import START_TIMEOUT, Namespace, Worker
 
 GOAL_MS = 50.0
 TARGET = "Cust1"

@@ -27,12 +27,11 @@ from typing import Any
 
 from kombu import Connection, Producer
 
-from celery_tenant_gate.held import HeldMessage
-from celery_tenant_gate.holding import tenant_queue
+from bench.results import Result, timed
+from bench.workers import AMQP_URL, Namespace, amqp_reachable, amqp_ready_count, running, shown
+from celery_tenant_gate.io.broker.holding import tenant_queue
+from celery_tenant_gate.model.held import HeldMessage
 from celery_tenant_gate.testing import EmbeddedRedis, FakeSuperOffice
-
-from .results import Result, timed
-from .workers import AMQP_URL, Namespace, amqp_reachable, amqp_ready_count, running, shown
 
 GOAL_SECONDS = 2.0
 CTX = "Cust1"

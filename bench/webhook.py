@@ -40,10 +40,9 @@ from typing import Any
 
 import redis
 
+from bench.results import Result, Spread
+from bench.workers import delete_redis_keys
 from celery_tenant_gate.testing import EmbeddedRedis, FakeSuperOffice
-
-from .results import Result, Spread
-from .workers import delete_redis_keys
 
 HERE = Path(__file__).parent
 GOAL_RATE = 1000.0

@@ -26,12 +26,11 @@ from typing import Any
 import redis
 from kombu import Connection
 
+from bench import benchapp
 from celery_tenant_gate import install
-from celery_tenant_gate.gate import Gate
-from celery_tenant_gate.record import Source
-from celery_tenant_gate.states import State, TenantState
-
-from . import benchapp
+from celery_tenant_gate.gate.gate import Gate
+from celery_tenant_gate.model.record import Source
+from celery_tenant_gate.model.states import State, TenantState
 
 ROOT = Path(__file__).resolve().parent.parent
 AMQP_URL = os.environ.get("TGBENCH_AMQP", "amqp://guest:guest@127.0.0.1:5672//")

@@ -12,32 +12,32 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0.dev0"
 
 _EXPORTS = {
-    "GateConfig": "config",
-    "TenantGateError": "errors",
-    "ConfigError": "errors",
-    "InvalidTenantId": "errors",
-    "StateAPIError": "errors",
-    "TenantNotFound": "errors",
-    "StateAPIUnavailable": "errors",
-    "StateAPIResponseError": "errors",
-    "TenantMismatch": "errors",
-    "State": "states",
-    "TenantState": "states",
-    "Verdict": "verdicts",
-    "TenantRecord": "record",
-    "StateClient": "state_api",
-    "TenantStates": "lookup",
-    "tenant_states": "app",
-    "gate_config": "app",
-    "gate_for": "app",
-    "install": "install",
-    "tenant_task": "task",
-    "TenantTask": "task",
-    "TenantInfo": "task",
-    "Gate": "gate",
-    "TenantStatus": "gate",
-    "HeldMessage": "held",
-    "TENANT_HEADER": "carrier",
+    "GateConfig": "config.settings",
+    "TenantGateError": "model.errors",
+    "ConfigError": "model.errors",
+    "InvalidTenantId": "model.errors",
+    "StateAPIError": "model.errors",
+    "TenantNotFound": "model.errors",
+    "StateAPIUnavailable": "model.errors",
+    "StateAPIResponseError": "model.errors",
+    "TenantMismatch": "model.errors",
+    "State": "model.states",
+    "TenantState": "model.states",
+    "Verdict": "model.verdicts",
+    "TenantRecord": "model.record",
+    "StateClient": "io.superoffice.state_api",
+    "TenantStates": "gate.lookup",
+    "tenant_states": "app.singletons",
+    "gate_config": "app.singletons",
+    "gate_for": "app.singletons",
+    "install": "worker.install",
+    "tenant_task": "app.task",
+    "TenantTask": "app.task",
+    "TenantInfo": "app.task",
+    "Gate": "gate.gate",
+    "TenantStatus": "gate.gate",
+    "HeldMessage": "model.held",
+    "TENANT_HEADER": "model.carrier",
 }
 
 __all__ = [
@@ -71,10 +71,14 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from .app import gate_config, gate_for, tenant_states
-    from .carrier import TENANT_HEADER
-    from .config import GateConfig
-    from .errors import (
+    from celery_tenant_gate.app.singletons import gate_config, gate_for, tenant_states
+    from celery_tenant_gate.app.task import TenantInfo, TenantTask, tenant_task
+    from celery_tenant_gate.config.settings import GateConfig
+    from celery_tenant_gate.gate.gate import Gate, TenantStatus
+    from celery_tenant_gate.gate.lookup import TenantStates
+    from celery_tenant_gate.io.superoffice.state_api import StateClient
+    from celery_tenant_gate.model.carrier import TENANT_HEADER
+    from celery_tenant_gate.model.errors import (
         ConfigError,
         InvalidTenantId,
         StateAPIError,
@@ -84,15 +88,11 @@ if TYPE_CHECKING:
         TenantMismatch,
         TenantNotFound,
     )
-    from .gate import Gate, TenantStatus
-    from .held import HeldMessage
-    from .install import install
-    from .lookup import TenantStates
-    from .record import TenantRecord
-    from .state_api import StateClient
-    from .states import State, TenantState
-    from .task import TenantInfo, TenantTask, tenant_task
-    from .verdicts import Verdict
+    from celery_tenant_gate.model.held import HeldMessage
+    from celery_tenant_gate.model.record import TenantRecord
+    from celery_tenant_gate.model.states import State, TenantState
+    from celery_tenant_gate.model.verdicts import Verdict
+    from celery_tenant_gate.worker.install import install
 
 
 def __getattr__(name: str) -> Any:

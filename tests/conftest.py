@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 import redis
 
-from celery_tenant_gate.config import GateConfig
-from celery_tenant_gate.lookup import TenantStates
+from celery_tenant_gate.config.settings import GateConfig
+from celery_tenant_gate.gate.lookup import TenantStates
 from celery_tenant_gate.testing import EmbeddedRedis, FakeSuperOffice
 
 IN_CI = bool(os.environ.get("CI"))

@@ -24,7 +24,8 @@ from typing import Any
 import redis
 from celery import Celery
 
-from celery_tenant_gate import install, signals, tenant_task
+from celery_tenant_gate import install, tenant_task
+from celery_tenant_gate.gate import signals
 
 
 def make_app(env: Mapping[str, str]) -> Celery:

@@ -1,6 +1,6 @@
 from typing import Any
 
-from celery_tenant_gate.circuit import CircuitBreaker
+from celery_tenant_gate.io.superoffice.circuit import CircuitBreaker
 
 
 class Clock:

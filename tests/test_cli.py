@@ -325,7 +325,7 @@ from celery_tenant_gate import install
 from celery_tenant_gate.web.wsgi import make_wsgi_app
 app = Celery("web", broker="redis://127.0.0.1:1/0", set_as_current=False)
 make_wsgi_app(app); install(app)
-print("celery_tenant_gate.cli" in sys.modules)
+print("celery_tenant_gate.admin.cli" in sys.modules)
 """
     result = subprocess.run(
         [sys.executable, "-c", code],

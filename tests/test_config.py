@@ -3,10 +3,10 @@ from typing import Any
 import pytest
 from celery import Celery
 
-from celery_tenant_gate.config import GateConfig, settings_doc
-from celery_tenant_gate.errors import ConfigError
-from celery_tenant_gate.states import State
-from celery_tenant_gate.verdicts import Verdict
+from celery_tenant_gate.config.settings import GateConfig, settings_doc
+from celery_tenant_gate.model.errors import ConfigError
+from celery_tenant_gate.model.states import State
+from celery_tenant_gate.model.verdicts import Verdict
 
 
 def test_defaults_are_production_superoffice_and_fail_closed() -> None:

@@ -15,11 +15,11 @@ import redis
 from workers import Harness, wait_until, worker_env
 
 from celery_tenant_gate import gate_for
-from celery_tenant_gate.control import CONTROL_TASK
-from celery_tenant_gate.control_redis import redis_control_queue
-from celery_tenant_gate.gate import Gate
-from celery_tenant_gate.notification import ChangeType
+from celery_tenant_gate.gate.gate import Gate
+from celery_tenant_gate.io.broker.redis_control import redis_control_queue
+from celery_tenant_gate.model.notification import ChangeType
 from celery_tenant_gate.testing import FakeSuperOffice
+from celery_tenant_gate.worker.control import CONTROL_TASK
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
 
@@ -313,7 +313,7 @@ def test_a_resume_the_state_api_does_not_confirm_holds_until_the_tenant_runs(
 def test_pause_and_resume_by_hand_through_the_workers(
     env: dict[str, str], harness: Harness, superoffice: FakeSuperOffice
 ) -> None:
-    from celery_tenant_gate.control import send
+    from celery_tenant_gate.worker.control import send
 
     superoffice.set_state("Cust1", "Running", valid_for=60)
     app = gateapp.make_app(env)

@@ -15,8 +15,8 @@ import redis
 from celery import Celery
 from kombu import Queue
 
-from celery_tenant_gate.control_redis import RedisControlQueue, redis_control_queue
-from celery_tenant_gate.webhook_app import ControlSender
+from celery_tenant_gate.io.broker.redis_control import RedisControlQueue, redis_control_queue
+from celery_tenant_gate.web.factory import ControlSender
 
 pytestmark = pytest.mark.redis
 

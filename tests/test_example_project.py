@@ -18,9 +18,9 @@ from celery import Celery
 from workers import wait_until
 
 from celery_tenant_gate import gate_for
-from celery_tenant_gate.errors import ConfigError
-from celery_tenant_gate.gate import Gate
-from celery_tenant_gate.notification import ChangeType
+from celery_tenant_gate.gate.gate import Gate
+from celery_tenant_gate.model.errors import ConfigError
+from celery_tenant_gate.model.notification import ChangeType
 from celery_tenant_gate.testing import FakeSuperOffice
 from example_project.demo import processes
 from example_project.demo.story import forget_namespace, gate_settings
@@ -176,7 +176,7 @@ def test_the_web_app_imports_nothing_of_the_worker_side() -> None:
 import sys
 from example_project.vendorapp import web
 assert callable(web.application)
-worker_side = ["worker", "gate", "task", "install", "lookup", "app", "control", "held_redis"]
+worker_side = ["worker", "gate", "app", "admin", "observe", "io.broker.redis_held"]
 loaded = [m for m in worker_side if "celery_tenant_gate." + m in sys.modules]
 loaded += [m for m in ("celery", "tasks") if "example_project.vendorapp." + m in sys.modules]
 print(loaded)

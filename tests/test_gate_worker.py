@@ -17,10 +17,10 @@ from celery import chain, group
 from workers import DeliveryLog, Harness, wait_until, worker_env
 
 from celery_tenant_gate import InvalidTenantId
-from celery_tenant_gate.deadletters import INVALID_TENANT
-from celery_tenant_gate.gate import Gate
+from celery_tenant_gate.gate.gate import Gate
+from celery_tenant_gate.io.store.deadletters import INVALID_TENANT
 from celery_tenant_gate.testing import FakeSuperOffice
-from celery_tenant_gate.worker import REQUEUE_DELAY
+from celery_tenant_gate.worker.step import REQUEUE_DELAY
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
 
@@ -163,7 +163,7 @@ def test_screen_asks_whether_revoked_only_before_a_hold_or_a_drop(
 ) -> None:
     from types import SimpleNamespace
 
-    from celery_tenant_gate.verdicts import Verdict
+    from celery_tenant_gate.model.verdicts import Verdict
 
     superoffice.set_state("Cust1", "Running")
     superoffice.set_state("Cust2", "Running")

@@ -19,8 +19,8 @@ from typing import Any
 import pytest
 from kombu.connection import Connection
 
-from celery_tenant_gate.held_amqp import RELEASED_HEADER, AmqpHeldQueues, HeldMessage
-from celery_tenant_gate.holding import DEAD_LETTER_ARGUMENTS, HOLD_EXCHANGE
+from celery_tenant_gate.io.broker.amqp_held import RELEASED_HEADER, AmqpHeldQueues, HeldMessage
+from celery_tenant_gate.io.broker.holding import DEAD_LETTER_ARGUMENTS, HOLD_EXCHANGE
 
 pytestmark = [pytest.mark.rabbitmq, pytest.mark.timeout(120)]
 
@@ -354,7 +354,7 @@ def test_a_release_ends_when_what_it_moved_is_held_again(
 def test_release_stops_at_an_unroutable_message_and_loses_nothing(
     broker: Broker, held: AmqpHeldQueues
 ) -> None:
-    from celery_tenant_gate.held_amqp import HeldReleaseError
+    from celery_tenant_gate.io.broker.amqp_held import HeldReleaseError
 
     tenant = broker.tenant("Cust9")
     target = broker.declare("target")
@@ -376,7 +376,7 @@ def test_release_stops_at_an_unroutable_message_and_loses_nothing(
 def test_release_to_a_missing_exchange_moves_only_what_came_before(
     broker: Broker, held: AmqpHeldQueues
 ) -> None:
-    from celery_tenant_gate.held_amqp import HeldReleaseError
+    from celery_tenant_gate.io.broker.amqp_held import HeldReleaseError
 
     tenant = broker.tenant("Cust10")
     target = broker.declare("target")
@@ -550,7 +550,7 @@ def test_a_pool_side_hold_survives_its_tenant_queue_being_deleted() -> None:
     # copy must not vanish: RabbitMQ drops an unroutable message and confirms it.
     from celery import Celery
 
-    from celery_tenant_gate.holding import ConfirmedProducers, hold_request
+    from celery_tenant_gate.io.broker.holding import ConfirmedProducers, hold_request
 
     broker = Broker(AMQP_URL, mode="dead-letter")
     app = Celery("pool-hold-test", broker=AMQP_URL, set_as_current=False)

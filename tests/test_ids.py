@@ -1,7 +1,7 @@
 import pytest
 
-from celery_tenant_gate.errors import InvalidTenantId
-from celery_tenant_gate.ids import compile_pattern, validate_tenant_id
+from celery_tenant_gate.model.errors import InvalidTenantId
+from celery_tenant_gate.model.ids import compile_pattern, validate_tenant_id
 
 
 @pytest.mark.parametrize("ctx", ["Cust1", "Cust12345", "Cust999999999999"])

@@ -16,13 +16,13 @@ import pytest
 import redis
 from workers import wait_until
 
-from celery_tenant_gate.config import GateConfig
-from celery_tenant_gate.lookup import TenantStates
-from celery_tenant_gate.record import Source
-from celery_tenant_gate.states import State, TenantState
-from celery_tenant_gate.store import StateStore, connect
+from celery_tenant_gate.config.settings import GateConfig
+from celery_tenant_gate.gate.lookup import TenantStates
+from celery_tenant_gate.io.store.state_store import StateStore, connect
+from celery_tenant_gate.model.record import Source
+from celery_tenant_gate.model.states import State, TenantState
+from celery_tenant_gate.model.verdicts import Verdict
 from celery_tenant_gate.testing import FakeSuperOffice, Reply
-from celery_tenant_gate.verdicts import Verdict
 
 SPAWN = multiprocessing.get_context("spawn")
 

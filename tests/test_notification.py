@@ -7,9 +7,9 @@ from typing import Any
 
 import pytest
 
-from celery_tenant_gate.errors import TenantGateError
-from celery_tenant_gate.ids import compile_pattern
-from celery_tenant_gate.notification import (
+from celery_tenant_gate.model.errors import TenantGateError
+from celery_tenant_gate.model.ids import compile_pattern
+from celery_tenant_gate.model.notification import (
     BadNotification,
     ChangeType,
     Notification,

@@ -22,12 +22,14 @@ import requests
 from prometheus_client.parser import text_string_to_metric_families
 from workers import Harness, wait_until, worker_env
 
-from celery_tenant_gate import control, gate_for, metrics
-from celery_tenant_gate.config import CONTROL_TASK
-from celery_tenant_gate.notification import ChangeType
-from celery_tenant_gate.state_api import StateClient
+from celery_tenant_gate import gate_for
+from celery_tenant_gate.config.settings import CONTROL_TASK
+from celery_tenant_gate.io import metrics
+from celery_tenant_gate.io.superoffice.state_api import StateClient
+from celery_tenant_gate.model.notification import ChangeType
 from celery_tenant_gate.testing import FakeSuperOffice
 from celery_tenant_gate.testing.superoffice import Reply
+from celery_tenant_gate.worker import control
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
 
@@ -319,8 +321,8 @@ def test_released_tasks_are_told_on_rabbitmq(
 def test_a_redis_release_names_its_tasks_in_the_order_they_will_run(
     redis_client: redis.Redis, key_prefix: str
 ) -> None:
-    from celery_tenant_gate.held_redis import SEP, RedisHeldQueues
-    from celery_tenant_gate.hooks import TaskRef
+    from celery_tenant_gate.io.broker.redis_held import SEP, RedisHeldQueues
+    from celery_tenant_gate.model.held import TaskRef
 
     tenant, work = f"{key_prefix}:tenant", f"{key_prefix}:work"
 

@@ -5,8 +5,9 @@ import time
 
 import pytest
 
-from celery_tenant_gate.circuit import CircuitBreaker
-from celery_tenant_gate.errors import (
+from celery_tenant_gate.io.superoffice.circuit import CircuitBreaker
+from celery_tenant_gate.io.superoffice.state_api import StateClient
+from celery_tenant_gate.model.errors import (
     CircuitOpen,
     InvalidTenantId,
     StateAPIResponseError,
@@ -15,8 +16,7 @@ from celery_tenant_gate.errors import (
     TenantMismatch,
     TenantNotFound,
 )
-from celery_tenant_gate.state_api import StateClient
-from celery_tenant_gate.states import State
+from celery_tenant_gate.model.states import State
 from celery_tenant_gate.testing import FakeSuperOffice, Reply
 
 

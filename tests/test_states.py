@@ -2,7 +2,7 @@ from datetime import datetime, timezone
 
 import pytest
 
-from celery_tenant_gate.states import (
+from celery_tenant_gate.model.states import (
     State,
     StateDocumentError,
     parse_state_document,

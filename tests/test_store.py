@@ -6,9 +6,9 @@ from datetime import datetime, timezone
 import pytest
 import redis
 
-from celery_tenant_gate.record import Source
-from celery_tenant_gate.states import State, TenantState
-from celery_tenant_gate.store import StateStore
+from celery_tenant_gate.io.store.state_store import StateStore
+from celery_tenant_gate.model.record import Source
+from celery_tenant_gate.model.states import State, TenantState
 
 RUNNING = TenantState(
     "Cust1",

@@ -2,7 +2,7 @@
 
 import redis
 
-from celery_tenant_gate.states import parse_timestamp
+from celery_tenant_gate.model.states import parse_timestamp
 from celery_tenant_gate.testing import EmbeddedRedis, FakeSuperOffice, Reply
 from celery_tenant_gate.testing.superoffice import dotnet_timestamp
 

@@ -12,10 +12,14 @@ import pytest
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding
 
-from celery_tenant_gate.errors import ConfigError, TenantGateError
+from celery_tenant_gate.io.superoffice.tokens import (
+    TokenRejected,
+    TokenVerifier,
+    token_fingerprint,
+)
+from celery_tenant_gate.model.errors import ConfigError, TenantGateError
 from celery_tenant_gate.testing import FakeSuperOffice, Reply
 from celery_tenant_gate.testing.superoffice import CTX_CLAIM, generate_key
-from celery_tenant_gate.tokens import TokenRejected, TokenVerifier, token_fingerprint
 
 CTX = "Cust12345"
 

@@ -1,8 +1,8 @@
 import pytest
 
-from celery_tenant_gate.record import TenantRecord
-from celery_tenant_gate.states import State, TenantState
-from celery_tenant_gate.verdicts import DEFAULT_VERDICTS, Verdict, VerdictPolicy
+from celery_tenant_gate.model.record import TenantRecord
+from celery_tenant_gate.model.states import State, TenantState
+from celery_tenant_gate.model.verdicts import DEFAULT_VERDICTS, Verdict, VerdictPolicy
 
 EXPECTED = {
     State.UNKNOWN: Verdict.HOLD,

@@ -33,14 +33,14 @@ from celery import Celery
 from cryptography.hazmat.primitives.asymmetric import rsa
 from workers import wait_until
 
-from celery_tenant_gate.notification import Notification
+from celery_tenant_gate.model.notification import Notification
 from celery_tenant_gate.testing import FakeSuperOffice
 from celery_tenant_gate.testing.superoffice import CTX_CLAIM, generate_key
 from celery_tenant_gate.web import DEFAULT_PATH
 from celery_tenant_gate.web.asgi import make_asgi_app
+from celery_tenant_gate.web.factory import CONTROL_TASK, receiver_for
+from celery_tenant_gate.web.receiver import WebhookReceiver
 from celery_tenant_gate.web.wsgi import make_wsgi_app
-from celery_tenant_gate.webhook import WebhookReceiver
-from celery_tenant_gate.webhook_app import CONTROL_TASK, receiver_for
 
 pytestmark = pytest.mark.redis
 
@@ -383,11 +383,11 @@ def test_a_forged_token_is_refused(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     body = FORGERIES[forgery](superoffice)
-    with caplog.at_level(logging.WARNING, logger="celery_tenant_gate.webhook"):
+    with caplog.at_level(logging.WARNING, logger="celery_tenant_gate.web.receiver"):
         response = post(url, body)
     assert (response.status_code, response.json()) == (401, {"error": "invalid token"})
     assert queued.calls == []
-    [record] = [r for r in caplog.records if r.name == "celery_tenant_gate.webhook"]
+    [record] = [r for r in caplog.records if r.name == "celery_tenant_gate.web.receiver"]
     assert record.levelno == logging.WARNING
     assert body["ContextIdentifier"] in record.getMessage()
 
@@ -697,7 +697,7 @@ def test_requests_answered_together_each_get_their_own_answer(
 def test_handle_many_answers_in_order(
     celery_app: Celery, superoffice: FakeSuperOffice, redis_client: redis.Redis
 ) -> None:
-    from celery_tenant_gate.webhook import WebhookRequest
+    from celery_tenant_gate.web.receiver import WebhookRequest
 
     receiver = receiver_for(celery_app)
     one, two = superoffice.notification("Cust1", 2), superoffice.notification("Cust2", 0)
@@ -739,7 +739,7 @@ def test_a_public_key_can_replace_the_jwks(
 def test_both_key_sources_at_once_is_a_config_error(
     celery_app: Celery, superoffice: FakeSuperOffice
 ) -> None:
-    from celery_tenant_gate.errors import ConfigError
+    from celery_tenant_gate.model.errors import ConfigError
 
     celery_app.conf.tenant_gate_webhook_public_key = superoffice.public_key_pem
     with pytest.raises(ConfigError, match="tenant_gate_webhook_jwks_url"):
@@ -756,7 +756,7 @@ import celery_tenant_gate.web.django, celery_tenant_gate.web.flask
 import celery_tenant_gate.web.starlette
 app = Celery("web", broker="redis://127.0.0.1:1/0", set_as_current=False)
 make_wsgi_app(app); make_asgi_app(app)
-worker_side = ["worker", "gate", "task", "install", "lookup", "app", "control", "held_redis"]
+worker_side = ["worker", "gate", "app", "admin", "observe", "io.broker.redis_held"]
 print([m for m in worker_side if "celery_tenant_gate." + m in sys.modules])
 """
     result = subprocess.run(

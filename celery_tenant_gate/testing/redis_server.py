@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from types import TracebackType
 
-from celery_tenant_gate.errors import TenantGateError
+from celery_tenant_gate.model.errors import TenantGateError
 
 
 def redis_server_binary() -> str:

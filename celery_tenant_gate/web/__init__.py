@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from celery_tenant_gate.webhook import WebhookReceiver
+from .receiver import WebhookReceiver
 
 #: Where the blueprint and routers answer unless told otherwise.
 DEFAULT_PATH = "/superoffice/webhook"
@@ -28,7 +28,7 @@ def as_receiver(receiver_or_app: Any) -> WebhookReceiver:
     """*receiver_or_app* if it is a :class:`WebhookReceiver`, else the Celery app's one."""
     if isinstance(receiver_or_app, WebhookReceiver):
         return receiver_or_app
-    from celery_tenant_gate.webhook_app import receiver_for  # noqa: PLC0415 - only when given an app
+    from .factory import receiver_for  # noqa: PLC0415 - only when given an app
 
     return receiver_for(receiver_or_app)
 

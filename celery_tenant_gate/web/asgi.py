@@ -20,9 +20,8 @@ import weakref
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
-from celery_tenant_gate.webhook import WebhookReceiver, WebhookRequest, WebhookResponse
-
 from . import as_receiver, parse_content_length
+from .receiver import WebhookReceiver, WebhookRequest, WebhookResponse
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]

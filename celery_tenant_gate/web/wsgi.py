@@ -15,9 +15,8 @@ from collections.abc import Callable, Iterable
 from http import HTTPStatus
 from typing import Any
 
-from celery_tenant_gate.webhook import WebhookReceiver, WebhookResponse
-
 from . import as_receiver, parse_content_length, read_limited
+from .receiver import WebhookReceiver, WebhookResponse
 
 StartResponse = Callable[..., Any]
 WSGIApp = Callable[[dict[str, Any], StartResponse], Iterable[bytes]]

@@ -18,11 +18,10 @@ from typing import TextIO
 
 import redis
 
-from celery_tenant_gate.errors import TenantGateError
-
-from .accounting import Summary
-from .processes import ProcessFailed
-from .story import FULL, QUICK, DemoFailed, stack
+from celery_tenant_gate.model.errors import TenantGateError
+from example_project.demo.accounting import Summary
+from example_project.demo.processes import ProcessFailed
+from example_project.demo.story import FULL, QUICK, DemoFailed, stack
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

@@ -121,9 +121,7 @@ def account(
     )
     summary.lost = sum(1 for task_id in mine if task_id not in done and task_id not in dropped_ids)
     summary.run_while_paused = sum(
-        1
-        for entry in runs
-        if entry.get("id") in mine and _during_pause(entry, pauses)
+        1 for entry in runs if entry.get("id") in mine and _during_pause(entry, pauses)
     )
     summary.released_out_of_order = _out_of_order(mine, done)
     summary.stale_endpoint = sum(

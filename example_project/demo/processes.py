@@ -109,9 +109,7 @@ def app_env(settings: Settings) -> dict[str, str]:
     """The environment of the app's processes: ours, plus the settings."""
     env = {key: value for key, value in os.environ.items() if not key.startswith("VENDORAPP_")}
     env.update(settings.to_env())
-    env["PYTHONPATH"] = os.pathsep.join(
-        [str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]
-    )
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])
     env["PYTHONUNBUFFERED"] = "1"
     return env
 

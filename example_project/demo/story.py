@@ -22,18 +22,17 @@ import redis
 import requests
 
 from celery_tenant_gate import gate_for
-from celery_tenant_gate.gate import Gate
-from celery_tenant_gate.notification import ChangeType
-from celery_tenant_gate.record import TenantRecord
+from celery_tenant_gate.gate.gate import Gate
+from celery_tenant_gate.model.notification import ChangeType
+from celery_tenant_gate.model.record import TenantRecord
 from celery_tenant_gate.testing import EmbeddedRedis, FakeSuperOffice
+from example_project.demo import processes
+from example_project.demo.accounting import Move, Pause, Published, Summary, account
 from example_project.tenant_servers import TenantServers
 from example_project.vendorapp import tasks
 from example_project.vendorapp.activity import ActivityLog
 from example_project.vendorapp.celery import make_app
 from example_project.vendorapp.settings import Settings
-
-from . import processes
-from .accounting import Move, Pause, Published, Summary, account
 
 #: The tenants, and the server each lives on.
 TENANTS = {
@@ -244,9 +243,7 @@ class Story:
         """True once every task published so far (of *ctx*) has run or been dropped."""
 
         def check() -> bool:
-            pending = [
-                t for t in self.producer.snapshot() if (ctx is None or t.ctx == ctx)
-            ]
+            pending = [t for t in self.producer.snapshot() if (ctx is None or t.ctx == ctx)]
             pending = [t for t in pending if t.id not in self.done]
             if not pending:
                 return True
@@ -428,9 +425,7 @@ def _host(record: TenantRecord | None) -> str | None:
 
 
 @contextlib.contextmanager
-def stack(
-    out: TextIO, *, broker: str | None, redis_url: str | None, pace: Pace
-) -> Iterator[Story]:
+def stack(out: TextIO, *, broker: str | None, redis_url: str | None, pace: Pace) -> Iterator[Story]:
     """Start everything the story needs; stop all of it on the way out, whatever happens."""
     with contextlib.ExitStack() as exits:
         if redis_url is None:

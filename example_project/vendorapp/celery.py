@@ -10,8 +10,7 @@ from __future__ import annotations
 from celery import Celery
 
 from celery_tenant_gate import install
-
-from .settings import Settings
+from example_project.vendorapp.settings import Settings
 
 
 def make_app(settings: Settings | None = None) -> Celery:

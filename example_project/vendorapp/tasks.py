@@ -12,15 +12,15 @@ from typing import Any
 import requests
 
 from celery_tenant_gate import tenant_task
-from celery_tenant_gate.carrier import HELD_COUNT_HEADER
-
-from . import crm
-from .activity import ActivityLog
-from .celery import app
-from .settings import Settings
+from celery_tenant_gate.model.carrier import HELD_COUNT_HEADER
+from example_project.vendorapp import crm
+from example_project.vendorapp.activity import ActivityLog
+from example_project.vendorapp.celery import app
+from example_project.vendorapp.settings import Settings
 
 #: Seconds before a failed call to a tenant is tried again.
 RETRY_DELAY = 1.0
+
 
 @tenant_task(app, tenant_arg="context_id", bind=True, name="vendorapp.sync_contacts", max_retries=5)
 def sync_contacts(self: Any, context_id: str, since: str | None = None) -> int:

@@ -22,8 +22,7 @@ from wsgiref.simple_server import WSGIRequestHandler, make_server
 from celery import Celery
 
 from celery_tenant_gate.web.wsgi import make_wsgi_app
-
-from .settings import Settings
+from example_project.vendorapp.settings import Settings
 
 WEBHOOK_PATH = "/superoffice/webhook"
 
@@ -60,9 +59,7 @@ def main() -> None:
         def log_message(self, format: str, *args: Any) -> None:
             sys.stderr.write("vendorapp web: " + format % args + "\n")
 
-    server = make_server(
-        settings.web_host, settings.web_port, application, handler_class=Handler
-    )
+    server = make_server(settings.web_host, settings.web_port, application, handler_class=Handler)
     host, port = server.server_address[:2]
     # One line on stdout, for whoever started us with port 0 (the demo, the tests).
     print(f"vendorapp web: listening on http://{host!s}:{port}{WEBHOOK_PATH}", flush=True)

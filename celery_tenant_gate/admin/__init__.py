@@ -1,0 +1,1 @@
+"""Administration: the service behind ``celery tenant-gate`` and its command line."""

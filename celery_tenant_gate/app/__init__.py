@@ -1,0 +1,1 @@
+"""Wiring into a Celery app: the per-app singletons and the tenant-scoped task base."""

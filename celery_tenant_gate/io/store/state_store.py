@@ -1,0 +1,255 @@
+"""The shared tenant state in Redis: one hash a tenant, a set of paused tenants, a lock
+a tenant for look-ups, and a pub/sub channel that announces every change.
+
+Keys (``{p}`` is ``tenant_gate_key_prefix``)::
+
+    {p}:tenant:{ctx}   hash   the TenantRecord fields
+    {p}:paused         zset   paused tenants, scored by when they were paused
+    {p}:held           zset   tenants whose queue may hold messages, by last hold
+    {p}:lock:{ctx}     string who is asking the State API for ctx right now
+    {p}:changes        channel  ctx of every tenant whose hash changed
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+from collections.abc import Mapping
+from typing import Any
+
+import redis
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
+
+from celery_tenant_gate.model.record import Source, TenantRecord, record_from_fields, state_fields
+from celery_tenant_gate.model.states import TenantState
+
+# Writes are ordered by `observed_at`: a write observed before the stored one is
+# refused, so a slow State API answer cannot undo a newer notification.
+# ARGV: guard time, bump observed_at (1/0), channel, ctx, then field/value pairs.
+# Returns the whole hash after the write, and 1/0 for applied, as its last item.
+_GUARDED_WRITE = """
+local stored = tonumber(redis.call('HGET', KEYS[1], 'observed_at') or '0')
+local applied = 0
+if stored <= tonumber(ARGV[1]) then
+    if ARGV[2] == '1' then
+        redis.call('HSET', KEYS[1], 'observed_at', ARGV[1])
+    end
+    redis.call('HSET', KEYS[1], unpack(ARGV, 5))
+    redis.call('HINCRBY', KEYS[1], 'version', 1)
+    redis.call('PUBLISH', ARGV[3], ARGV[4])
+    applied = 1
+end
+local all = redis.call('HGETALL', KEYS[1])
+table.insert(all, applied)
+return all
+"""
+
+# KEYS: tenant hash, paused zset. ARGV: 1/0 paused, reason, at, channel, ctx, by.
+# Returns 1 when the paused flag changed.
+_SET_PAUSED = """
+local was = redis.call('HGET', KEYS[1], 'paused') == '1'
+local now = ARGV[1] == '1'
+if was and now and redis.call('HGET', KEYS[1], 'paused_by') == 'manual' and ARGV[6] ~= 'manual' then
+    -- A pause by hand lasts until a resume by hand: another pause does not turn it
+    -- into one that ends by itself.
+    return 0
+end
+redis.call('HSET', KEYS[1], 'paused', ARGV[1], 'pause_reason', ARGV[2], 'paused_at', ARGV[3],
+           'paused_by', ARGV[6])
+redis.call('HINCRBY', KEYS[1], 'version', 1)
+if now then
+    redis.call('ZADD', KEYS[2], ARGV[3], ARGV[5])
+else
+    redis.call('ZREM', KEYS[2], ARGV[5])
+end
+redis.call('PUBLISH', ARGV[4], ARGV[5])
+if was == now then return 0 end
+return 1
+"""
+
+# Notifications carry no id or time but their token's: apply one only if it is not
+# older than the newest applied. ARGV: its iat. Returns 1 if applied.
+_NOTIFIED = """
+local stored = tonumber(redis.call('HGET', KEYS[1], 'notified_at') or '0')
+if stored > tonumber(ARGV[1]) then return 0 end
+redis.call('HSET', KEYS[1], 'notified_at', ARGV[1])
+return 1
+"""
+
+_UNLOCK = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+    return redis.call('DEL', KEYS[1])
+end
+return 0
+"""
+
+
+def connect(url: str) -> redis.Redis:
+    """A Redis client for the shared state.
+
+    redis-py's default retries a lost connection 10 times (about 3 s); a task
+    waiting on the gate should learn sooner that Redis is gone, so retry briefly.
+    """
+    return redis.Redis.from_url(
+        url,
+        socket_connect_timeout=2.0,
+        socket_timeout=5.0,
+        health_check_interval=30,
+        retry=Retry(ExponentialBackoff(cap=0.1, base=0.01), 3),
+    )
+
+
+_ALWAYS = 1e300  # a guard no stored observation time exceeds
+_GLOB_SPECIAL = re.compile(r"[*?\[\]\\]")  # escaped in a SCAN MATCH pattern
+
+
+class StateStore:
+    """Reads and writes tenant records in Redis. Thread-safe; holds no state of its own."""
+
+    def __init__(self, client: redis.Redis, prefix: str = "tenant_gate") -> None:
+        self.client = client
+        self.prefix = prefix
+        self.channel = f"{prefix}:changes"
+        self.paused_key = f"{prefix}:paused"
+        self.held_key = f"{prefix}:held"
+        self._guarded_write = client.register_script(_GUARDED_WRITE)
+        self._set_paused = client.register_script(_SET_PAUSED)
+        self._unlock = client.register_script(_UNLOCK)
+        self._notified = client.register_script(_NOTIFIED)
+
+    def key(self, context_id: str) -> str:
+        return f"{self.prefix}:tenant:{context_id}"
+
+    def lock_key(self, context_id: str) -> str:
+        return f"{self.prefix}:lock:{context_id}"
+
+    def get(self, context_id: str) -> TenantRecord | None:
+        fields = self.client.hgetall(self.key(context_id))
+        return record_from_fields(context_id, _text_map(fields))
+
+    def get_with_lock(self, context_id: str) -> tuple[TenantRecord | None, bool]:
+        """The record, and whether some process is asking the State API for it now."""
+        pipe = self.client.pipeline(transaction=False)
+        pipe.hgetall(self.key(context_id))
+        pipe.exists(self.lock_key(context_id))
+        fields, locked = pipe.execute()
+        return record_from_fields(context_id, _text_map(fields)), bool(locked)
+
+    def write_state(
+        self,
+        state: TenantState,
+        *,
+        source: Source,
+        observed_at: float,
+        learnt_at: float,
+        fresh_until: float,
+        check_after: float,
+    ) -> tuple[TenantRecord, bool]:
+        """Store a learnt state unless a newer one is stored. Returns (record, applied)."""
+        fields = {
+            **state_fields(state),
+            "source": source.value,
+            "learnt_at": repr(learnt_at),
+            "fresh_until": repr(fresh_until),
+            "check_after": repr(check_after),
+            "error": "",
+        }
+        return self._write(state.context_id, observed_at, True, fields)
+
+    def write_failure(
+        self, context_id: str, error: str, *, attempted_at: float, check_after: float
+    ) -> tuple[TenantRecord, bool]:
+        """Record a failed look-up (keeping the last known state), unless something
+        newer than the attempt was stored meanwhile."""
+        fields = {"error": error, "error_at": repr(attempted_at), "check_after": repr(check_after)}
+        return self._write(context_id, attempted_at, False, fields)
+
+    def update_endpoint(
+        self, context_id: str, *, endpoint: str, api: str, observed_at: float
+    ) -> tuple[TenantRecord, bool]:
+        """Record a tenant's new server (a Move), keeping its state."""
+        return self._write(context_id, observed_at, True, {"endpoint": endpoint, "api": api})
+
+    def set_paused(
+        self, context_id: str, paused: bool, *, reason: str, at: float, by: str = "manual"
+    ) -> bool:
+        """Pause or unpause a tenant. Returns True when that changed its paused flag."""
+        changed = self._set_paused(
+            keys=[self.key(context_id), self.paused_key],
+            args=["1" if paused else "0", reason, repr(at), self.channel, context_id, by],
+        )
+        return bool(changed)
+
+    def set_fields(self, context_id: str, fields: Mapping[str, str]) -> TenantRecord:
+        """Write record fields that are not ordered by observation (and announce it)."""
+        record, _ = self._write(context_id, _ALWAYS, False, fields)
+        return record
+
+    def note_notification(self, context_id: str, issued_at: float) -> bool:
+        """Record a notification issued at *issued_at*; False if a newer one was applied."""
+        applied = self._notified(keys=[self.key(context_id)], args=[repr(issued_at)])
+        return bool(applied)
+
+    def mark_held(self, context_id: str, at: float) -> None:
+        """Note that the tenant's queue may hold messages (so a sweep looks at it)."""
+        self.client.zadd(self.held_key, {context_id: at})
+
+    def unmark_held(self, context_id: str) -> None:
+        self.client.zrem(self.held_key, context_id)
+
+    def retire(self, context_id: str) -> None:
+        """Take a deleted tenant out of the paused and held indexes (its record, which
+        says deleted, stays): sweeps stop visiting it."""
+        pipe = self.client.pipeline(transaction=True)
+        pipe.zrem(self.paused_key, context_id)
+        pipe.zrem(self.held_key, context_id)
+        pipe.execute()
+
+    def held_tenants(self) -> dict[str, float]:
+        """Tenants whose queue may hold messages, with when it was last held or released."""
+        items: list[Any] = self.client.zrange(self.held_key, 0, -1, withscores=True)
+        return {_text(member): float(score) for member, score in items}
+
+    def paused(self) -> dict[str, float]:
+        """Every paused tenant, with the time it was paused."""
+        items: list[Any] = self.client.zrange(self.paused_key, 0, -1, withscores=True)
+        return {_text(member): float(score) for member, score in items}
+
+    def tenants(self) -> list[str]:
+        """Every tenant with a record, sorted. A SCAN over the keys: for tools, never
+        for the hot path."""
+        head = self.key("")
+        pattern = _GLOB_SPECIAL.sub(r"\\\g<0>", head) + "*"
+        keys = self.client.scan_iter(match=pattern, count=1000)
+        return sorted({_text(key)[len(head) :] for key in keys})
+
+    def try_lock(self, context_id: str, ttl: float) -> str | None:
+        """Take the tenant's look-up lock for *ttl* seconds; its token, or None if taken."""
+        token = secrets.token_hex(8)
+        ok = self.client.set(self.lock_key(context_id), token, nx=True, px=int(ttl * 1000))
+        return token if ok else None
+
+    def unlock(self, context_id: str, token: str) -> None:
+        self._unlock(keys=[self.lock_key(context_id)], args=[token])
+
+    def _write(
+        self, context_id: str, guard: float, bump: bool, fields: Mapping[str, str]
+    ) -> tuple[TenantRecord, bool]:
+        args: list[str] = [repr(guard), "1" if bump else "0", self.channel, context_id]
+        for name, value in fields.items():
+            args.extend((name, value))
+        reply = self._guarded_write(keys=[self.key(context_id)], args=args)
+        applied = bool(reply.pop())
+        flat = [_text(item) for item in reply]
+        record = record_from_fields(context_id, dict(zip(flat[::2], flat[1::2], strict=True)))
+        assert record is not None  # the script just wrote the hash
+        return record, applied
+
+
+def _text(value: object) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _text_map(fields: Mapping[Any, Any]) -> dict[str, str]:
+    return {_text(k): _text(v) for k, v in fields.items()}

@@ -1,0 +1,354 @@
+"""The webhook receiver, free of any web framework: a request in, a response out.
+
+The adapters in :mod:`celery_tenant_gate.web` turn a framework's request into a
+call of :meth:`WebhookReceiver.handle` and its :class:`WebhookResponse` back into
+the framework's response. What it answers:
+
+=====  ===========================================================================
+202    ``{"status": "accepted"}``: checked and queued; or ``{"status": "duplicate"}``:
+       the same notification was already queued (SuperOffice may send one twice)
+400    the body is not a notification; the answer names the field at fault
+401    the token is not a valid SuperOffice token for this tenant (the reason is
+       logged, never told)
+405    not a POST; 413 larger than ``max_body``; 415 not ``application/json``
+503    the notification could not be queued: the sender should retry
+=====  ===========================================================================
+
+Nothing is queued for any 4xx answer.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from functools import cached_property
+from types import MappingProxyType
+from typing import Any, NamedTuple
+
+from celery_tenant_gate.io.metrics import metrics
+from celery_tenant_gate.io.superoffice.tokens import (
+    TokenRejected,
+    TokenVerifier,
+    token_fingerprint,
+)
+from celery_tenant_gate.model.notification import (
+    BadNotification,
+    Notification,
+    parse_notification,
+)
+
+logger = logging.getLogger(__name__)
+
+#: Queue one checked notification (with its token's claims); raise if it could not be.
+Enqueue = Callable[[Notification, dict[str, Any]], None]
+#: True if *fingerprint* was recorded before; else record it for *ttl* seconds. Atomic.
+SeenBefore = Callable[[str, float], bool]
+#: Un-record a fingerprint (its notification could not be queued after all).
+Forget = Callable[[str], None]
+
+
+class WebhookRequest(NamedTuple):
+    """What the receiver needs of one HTTP request (*body* ``None``: not read)."""
+
+    method: str
+    content_type: str | None
+    body: bytes | None
+    content_length: int | None
+
+
+@dataclass(frozen=True)
+class Checked:
+    """A notification that passed every check, to be recorded and queued."""
+
+    notification: Notification
+    #: The claims of its verified token.
+    claims: dict[str, Any]
+    #: What identifies it for the replay record (its token and fields, hashed).
+    fingerprint: str
+    #: Seconds to remember it: its token's remaining lifetime.
+    ttl: float
+
+
+#: Record and queue checked notifications, each in one step (both or neither). For
+#: each, in order: True if queued now, False if recorded before (nothing queued),
+#: ``None`` if that cannot be done in one step now (then *seen_before*, *enqueue* and
+#: *forget* are used), or the exception that stopped it (nothing recorded or queued).
+Keep = Callable[[Sequence[Checked]], Sequence[bool | Exception | None]]
+
+
+@dataclass(frozen=True)
+class WebhookResponse:
+    """What to answer: a status, a JSON body and headers (``Content-Type`` included)."""
+
+    status: int
+    body: bytes
+    headers: Mapping[str, str] = field(default_factory=dict)
+
+    @cached_property
+    def raw_headers(self) -> tuple[tuple[bytes, bytes], ...]:
+        """The headers as ASGI sends them: lower-case names, latin-1 bytes (a tuple:
+        responses may be shared; an adapter sends a list of its own)."""
+        return tuple(
+            (name.lower().encode("latin-1"), value.encode("latin-1"))
+            for name, value in self.headers.items()
+        )
+
+    @classmethod
+    def json(
+        cls, status: int, document: Mapping[str, Any], headers: Mapping[str, str] | None = None
+    ) -> WebhookResponse:
+        body = json.dumps(document, separators=(",", ":")).encode()
+        # Read-only: some responses are made once and shared by every request.
+        return cls(
+            status,
+            body,
+            MappingProxyType(
+                {
+                    "Content-Type": "application/json",
+                    "Content-Length": str(len(body)),
+                    **(headers or {}),
+                }
+            ),
+        )
+
+
+class WebhookReceiver:
+    """Checks SuperOffice state-change notifications and queues the good ones, once each.
+
+    *enqueue* queues a checked notification; when it raises, the answer is 503 so that
+    SuperOffice retries. *seen_before* remembers which notifications were queued
+    already (for as long as their token is valid), and *forget* un-records one whose
+    queuing failed, so that the retry is not taken for a duplicate (give it: without
+    it, such a retry is answered as a duplicate and lost). *keep*, when given, does
+    the recording and the queuing in one step where it can (one Redis round trip);
+    replacing *enqueue*, *seen_before* or *forget* afterwards drops it, as it stands
+    for them. Build one for a Celery app with
+    :func:`celery_tenant_gate.webhook_app.receiver_for`::
+
+        receiver = WebhookReceiver(verifier, enqueue, seen_before, forget=forget)
+        response = receiver.handle("POST", "application/json", body, len(body))
+    """
+
+    #: Records and queues in one step where it can; ``None``: the three steps.
+    keep: Keep | None
+
+    def __init__(
+        self,
+        verifier: TokenVerifier,
+        enqueue: Enqueue,
+        seen_before: SeenBefore,
+        *,
+        forget: Forget | None = None,
+        keep: Keep | None = None,
+        max_body: int = 65_536,
+        pattern: re.Pattern[str] | None = None,
+    ) -> None:
+        self.verifier = verifier
+        self.enqueue = enqueue
+        self.seen_before = seen_before
+        self.forget = forget
+        self.keep = keep
+        #: Largest body accepted, in bytes; adapters read at most one byte more.
+        self.max_body = max_body
+        self.pattern = pattern
+
+    @property
+    def enqueue(self) -> Enqueue:
+        """Queues a checked notification (setting it drops :attr:`keep`)."""
+        return self._enqueue
+
+    @enqueue.setter
+    def enqueue(self, enqueue: Enqueue) -> None:
+        self._enqueue = enqueue
+        self.keep = None
+
+    @property
+    def seen_before(self) -> SeenBefore:
+        """Records a fingerprint unless it was recorded (setting it drops :attr:`keep`)."""
+        return self._seen_before
+
+    @seen_before.setter
+    def seen_before(self, seen_before: SeenBefore) -> None:
+        self._seen_before = seen_before
+        self.keep = None
+
+    @property
+    def forget(self) -> Forget | None:
+        """Un-records a fingerprint (setting it drops :attr:`keep`)."""
+        return self._forget_step
+
+    @forget.setter
+    def forget(self, forget: Forget | None) -> None:
+        self._forget_step = forget
+        self.keep = None
+
+    def handle(
+        self,
+        method: str,
+        content_type: str | None,
+        body: bytes | None,
+        content_length: int | None,
+    ) -> WebhookResponse:
+        """Answer one request. *body* may be ``None`` when it was not read (not a POST)."""
+        return self.handle_many([WebhookRequest(method, content_type, body, content_length)])[0]
+
+    def handle_many(self, requests: Sequence[WebhookRequest]) -> list[WebhookResponse]:
+        """Answer several requests, each as :meth:`handle` would: the notifications that
+        pass the checks are recorded and queued together (one :attr:`keep` call, one
+        Redis round trip for all of them where it can be done in one step)."""
+        answers = [self._check(*request) for request in requests]
+        checked = [answer for answer in answers if isinstance(answer, Checked)]
+        queued = iter(self._queue(checked) if checked else ())
+        responses = [next(queued) if isinstance(a, Checked) else a for a in answers]
+        for response in responses:
+            metrics().webhook_response(response.status)
+        return responses
+
+    def _check(
+        self,
+        method: str,
+        content_type: str | None,
+        body: bytes | None,
+        content_length: int | None,
+    ) -> WebhookResponse | Checked:
+        if method.upper() != "POST":
+            return _error(405, "only POST is allowed", headers={"Allow": "POST"})
+        if (content_length is not None and content_length > self.max_body) or (
+            body is not None and len(body) > self.max_body
+        ):
+            return _error(413, f"the body is larger than {self.max_body} bytes")
+        if not _is_json(content_type):
+            return _error(415, "the body must be application/json")
+        try:
+            notification = parse_notification(body or b"", pattern=self.pattern)
+        except BadNotification as exc:
+            return _error(exc.status, exc.message, field=exc.field)
+        try:
+            if not notification.token:
+                raise TokenRejected("the notification carries no token")
+            claims = self.verifier.verify(notification.token, notification.context_id)
+        except TokenRejected as exc:
+            logger.warning(
+                "tenant-gate: refused a %s notification for %s: %s",
+                notification.change_type.name,
+                notification.context_id,
+                exc.reason,
+            )
+            return _error(
+                401, "invalid token", headers={"WWW-Authenticate": 'Bearer error="invalid_token"'}
+            )
+        # The token and the fields together: a token SuperOffice reuses for several
+        # notifications must not make the later ones look like replays. Without its
+        # padding: the verifier accepts a token with or without it.
+        fingerprint = token_fingerprint(
+            notification.token.replace("=", ""),
+            str(int(notification.change_type)),
+            notification.context_id,
+            notification.public_endpoint,
+            notification.version_name,
+            notification.file_version,
+        )
+        return Checked(notification, claims, fingerprint, self.verifier.ttl(claims))
+
+    def _queue(self, checked: list[Checked]) -> list[WebhookResponse]:
+        kept: Sequence[bool | Exception | None] = [None] * len(checked)
+        if self.keep is not None:
+            try:
+                kept = self.keep(checked)
+            except Exception as exc:
+                kept = [exc] * len(checked)
+        responses = []
+        for one, outcome in zip(checked, kept, strict=True):
+            if outcome is None:
+                responses.append(self._queue_in_steps(one))
+            elif isinstance(outcome, Exception):
+                logger.error(
+                    "tenant-gate: could not queue notification for %s",
+                    one.notification.context_id,
+                    exc_info=outcome,
+                )
+                responses.append(_unavailable())
+            else:
+                responses.append(_answer_kept(one.notification, outcome))
+        return responses
+
+    def _queue_in_steps(self, checked: Checked) -> WebhookResponse:
+        notification, fingerprint = checked.notification, checked.fingerprint
+        ctx = notification.context_id
+        try:
+            # Recorded before queuing, so that two copies arriving at once are queued
+            # once; undone below if queuing fails.
+            if self.seen_before(fingerprint, checked.ttl):
+                return _answer_kept(notification, False)
+        except Exception:
+            logger.exception("tenant-gate: could not check notification for %s for replay", ctx)
+            return _unavailable()
+        try:
+            self.enqueue(notification, checked.claims)
+        except Exception:
+            logger.exception("tenant-gate: could not queue notification for %s", ctx)
+            self._forget(fingerprint, ctx)
+            return _unavailable()
+        return _answer_kept(notification, True)
+
+    def _forget(self, fingerprint: str, ctx: str) -> None:
+        if self.forget is None:
+            return
+        try:
+            self.forget(fingerprint)
+        except Exception:
+            logger.exception(
+                "tenant-gate: could not un-record a notification for %s; "
+                "its retry will be taken for a duplicate",
+                ctx,
+            )
+
+
+#: The two answers to a kept notification (made once: they never change).
+_ACCEPTED = WebhookResponse.json(202, {"status": "accepted"})
+_DUPLICATE = WebhookResponse.json(202, {"status": "duplicate"})
+
+
+def _answer_kept(notification: Notification, queued: bool) -> WebhookResponse:
+    ctx = notification.context_id
+    if not queued:
+        logger.info("tenant-gate: duplicate notification for %s; ignored", ctx)
+        return _DUPLICATE
+    logger.info("tenant-gate: queued a %s notification for %s", notification.change_type.name, ctx)
+    return _ACCEPTED
+
+
+def _is_json(content_type: str | None) -> bool:
+    if not content_type:
+        return False
+    media_type, _, parameters = content_type.partition(";")
+    if media_type.strip().lower() != "application/json":
+        return False
+    for parameter in filter(None, (p.strip() for p in parameters.split(";"))):
+        name, _, value = parameter.partition("=")
+        # JSON is UTF-8 (RFC 8259): a charset parameter may only say so.
+        if name.strip().lower() != "charset" or value.strip().strip('"').lower() != "utf-8":
+            return False
+    return True
+
+
+def _error(
+    status: int,
+    message: str,
+    *,
+    field: str | None = None,
+    headers: Mapping[str, str] | None = None,
+) -> WebhookResponse:
+    document: dict[str, Any] = {"error": message}
+    if field is not None:
+        document["field"] = field
+    return WebhookResponse.json(status, document, headers)
+
+
+def _unavailable() -> WebhookResponse:
+    return _error(
+        503, "the notification could not be queued; retry later", headers={"Retry-After": "5"}
+    )

@@ -1,0 +1,179 @@
+"""The worker side: a consumer bootstep that puts the gate in front of the pool, and
+a sweeper thread that ends pauses that end by themselves.
+
+The gate wraps the consumer's ``on_task_request``: the one door every task goes
+through on its way to the pool, straight from the broker and after waiting in the
+ETA timer or a rate-limit bucket. There the message is not acknowledged yet,
+whatever ``task_acks_late`` says, so a held task is re-published *before* its
+message is acknowledged. (A ``task_prerun`` receiver could not do this: Celery
+logs and swallows exceptions raised in signal receivers.)
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from celery import bootsteps
+from celery.worker import state as worker_state
+
+from celery_tenant_gate.app.singletons import gate_config, gate_for
+from celery_tenant_gate.gate.gate import Gate
+from celery_tenant_gate.io.broker.holding import restore_route
+from celery_tenant_gate.model.verdicts import Verdict
+from celery_tenant_gate.observe.watch import WorkerWatch
+
+logger = logging.getLogger(__name__)
+
+#: Seconds the consumer waits before requeueing a task it could not screen.
+REQUEUE_DELAY = 0.5
+
+
+def gated(
+    gate: Gate, on_task_request: Callable[[Any], Any], timer: Any = None
+) -> Callable[[Any], Any]:
+    """Wrap the consumer's ``on_task_request`` with the gate. A task that cannot be
+    screened goes back to the broker after :data:`REQUEUE_DELAY`, on *timer* (the
+    consumer's, so that the event loop goes on meanwhile); without one, at once."""
+    task_ready = worker_state.task_ready
+
+    def requeue(request: Any) -> None:
+        try:
+            request.reject(requeue=True)
+        finally:
+            task_ready(request)
+
+    def gated_on_task_request(request: Any) -> Any:
+        task = request.task
+        if not getattr(task, "tenant_scoped", False):
+            return on_task_request(request)
+        message = request.message
+        try:
+            # A revoked or expired task is never held (Celery acks and records it).
+            verdict = gate.screen(message, task, request.args, request.kwargs, request.revoked)
+        except Exception:
+            if _revoked(request):  # acknowledged and recorded by Celery: nothing to keep
+                return None
+            # Neither run it (its tenant may be away) nor lose it: back to the broker,
+            # after a pause, so that a broken broker or Redis is not a hot loop. The
+            # message stays unacknowledged (and counted as reserved) until then.
+            delay = REQUEUE_DELAY if timer is not None else 0.0
+            logger.exception(
+                "tenant-gate: could not screen task %s[%s]; requeued in %.1fs",
+                task.name,
+                request.id,
+                delay,
+            )
+            if timer is None:
+                requeue(request)
+            else:
+                timer.call_after(delay, requeue, (request,))
+            return None
+        if verdict is Verdict.RUN:
+            restore_route(message.headers, request.delivery_info)
+            return on_task_request(request)
+        if verdict is None:  # revoked
+            return None
+        acknowledge_now(request)
+        task_ready(request)
+        return None
+
+    return gated_on_task_request
+
+
+def _revoked(request: Any) -> bool:
+    """Whether Celery finds *request* revoked or expired (False if it cannot tell)."""
+    try:
+        return bool(request.revoked())
+    except Exception:
+        logger.exception("tenant-gate: could not tell whether task %s is revoked", request.id)
+        return False
+
+
+def acknowledge_now(request: Any) -> None:
+    """Acknowledge a held or dropped task's message at once.
+
+    Not with ``request.acknowledge()``: Celery defers that ack to its event loop's
+    next round, and an ack deferred while kombu's hub runs its ready callbacks (its
+    reader re-schedules itself there) waits for the next socket event. On RabbitMQ
+    with a prefetch of 1 there is none (the broker sends nothing more until the
+    ack), so the worker sat idle for seconds after each hold (seen in the demo).
+    """
+    if request.acknowledged:
+        return
+    try:
+        request.message.ack()
+    except Exception:
+        # The broker will deliver it again; its held copy makes that a duplicate.
+        logger.exception("tenant-gate: could not acknowledge task %s", request.id)
+    request.acknowledged = True
+
+
+class Sweeper:
+    """A daemon thread; every ``tenant_gate_sweep_interval`` one worker of the cluster
+    (whoever takes the sweep lock) runs :meth:`Gate.sweep`."""
+
+    def __init__(self, gate: Gate, interval: float) -> None:
+        self.gate = gate
+        self.interval = interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="tenant-gate-sweeper", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(5)
+
+    def _run(self) -> None:
+        store = self.gate.states.store
+        while not self._stop.wait(self.interval):
+            try:
+                token = store.try_lock("_sweep", self.interval * 5)
+                if token is None:
+                    continue
+                try:
+                    for ctx, what in self.gate.sweep().items():
+                        logger.info("tenant-gate: sweep: %s %s", ctx, what)
+                finally:
+                    store.unlock("_sweep", token)
+            except Exception:
+                logger.exception("tenant-gate: sweep failed; trying again later")
+
+
+class TenantGateStep(bootsteps.StartStopStep):  # type: ignore[misc]
+    """Consumer bootstep added by :func:`celery_tenant_gate.install`."""
+
+    label = "tenant-gate"
+
+    def __init__(self, consumer: Any, **kwargs: Any) -> None:
+        super().__init__(consumer, **kwargs)
+        app = consumer.app
+        gate_config(app)  # a bad setting stops the worker here, naming the key
+        self.gate = gate_for(app)
+        # Wrapped here, before the Tasks step builds the strategies that capture it.
+        consumer.on_task_request = gated(self.gate, consumer.on_task_request, consumer.timer)
+        # Every worker of an installed app takes control tasks, whatever its -Q. Added
+        # to the queues to consume before the task consumer is built: adding it once
+        # the consumer runs races with messages already waiting (RabbitMQ delivers
+        # them before Celery can handle them, and the worker dies).
+        app.amqp.queues.select_add(self.gate.config.control_queue)
+        self.sweeper: Sweeper | None = None
+        # Celery task events (with -E) and the /metrics endpoint.
+        self.watch = WorkerWatch(consumer, self.gate, task_events=bool(kwargs.get("task_events")))
+
+    def start(self, consumer: Any) -> None:
+        self.watch.start()
+        if self.sweeper is None:
+            self.sweeper = Sweeper(self.gate, self.gate.config.sweep_interval)
+            self.sweeper.start()
+
+    def shutdown(self, consumer: Any) -> None:
+        if self.sweeper is not None:
+            self.sweeper.stop()
+            self.sweeper = None
+        self.watch.stop()
