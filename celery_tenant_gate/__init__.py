@@ -1,5 +1,20 @@
 """celery-tenant-gate: tenant-aware Celery workers for SuperOffice CRM Online.
 
+What an app writes, in its Celery module::
+
+    from celery_tenant_gate import install, tenant_task
+
+    install(app)
+
+    @tenant_task(app)
+    def sync_contacts(self, context_id): ...
+
+and, in its web app, one webhook line (``make_wsgi_app``, ``make_asgi_app``,
+``webhook_view`` for Django, ``webhook_blueprint`` for Flask, ``webhook_router`` for
+FastAPI). Everything else lives in the subpackages, which are the layers: ``model``
+(pure), ``config``, ``io``, ``gate`` (policy), then the wiring (``observe``, ``app``,
+``worker``, ``admin``, ``web``); see the README's Architecture section.
+
 The names below are imported lazily, so that a web process that only receives
 webhooks does not import the worker side.
 """
@@ -11,94 +26,66 @@ from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0.dev0"
 
-_EXPORTS = {
-    "GateConfig": "config.settings",
-    "TenantGateError": "model.errors",
-    "ConfigError": "model.errors",
-    "InvalidTenantId": "model.errors",
-    "StateAPIError": "model.errors",
-    "TenantNotFound": "model.errors",
-    "StateAPIUnavailable": "model.errors",
-    "StateAPIResponseError": "model.errors",
-    "TenantMismatch": "model.errors",
-    "State": "model.states",
-    "TenantState": "model.states",
-    "Verdict": "model.verdicts",
-    "TenantRecord": "model.record",
-    "StateClient": "io.superoffice.state_api",
-    "TenantStates": "gate.lookup",
-    "tenant_states": "app.singletons",
-    "gate_config": "app.singletons",
-    "gate_for": "app.singletons",
-    "install": "worker.install",
-    "tenant_task": "app.task",
-    "TenantTask": "app.task",
-    "TenantInfo": "app.task",
-    "Gate": "gate.gate",
-    "TenantStatus": "gate.gate",
-    "HeldMessage": "model.held",
-    "TENANT_HEADER": "model.carrier",
+#: Each public name: the module it lives in (``None``: the name is that module).
+_EXPORTS: dict[str, tuple[str, str | None]] = {
+    "install": ("worker.install", "install"),
+    "tenant_task": ("app.task", "tenant_task"),
+    "TenantTask": ("app.task", "TenantTask"),
+    "TenantInfo": ("app.task", "TenantInfo"),
+    "gate_for": ("app.singletons", "gate_for"),
+    "tenant_states": ("app.singletons", "tenant_states"),
+    "TENANT_HEADER": ("model.carrier", "TENANT_HEADER"),
+    "TenantGateError": ("model.errors", "TenantGateError"),
+    "signals": ("gate.signals", None),
+    "make_wsgi_app": ("web.wsgi", "make_wsgi_app"),
+    "make_asgi_app": ("web.asgi", "make_asgi_app"),
+    "webhook_view": ("web.django", "webhook_view"),
+    "webhook_blueprint": ("web.flask", "webhook_blueprint"),
+    "webhook_router": ("web.starlette", "webhook_router"),
 }
 
 __all__ = [
     "TENANT_HEADER",
-    "ConfigError",
-    "Gate",
-    "GateConfig",
-    "HeldMessage",
-    "InvalidTenantId",
-    "State",
-    "StateAPIError",
-    "StateAPIResponseError",
-    "StateAPIUnavailable",
-    "StateClient",
     "TenantGateError",
     "TenantInfo",
-    "TenantMismatch",
-    "TenantNotFound",
-    "TenantRecord",
-    "TenantState",
-    "TenantStates",
-    "TenantStatus",
     "TenantTask",
-    "Verdict",
     "__version__",
-    "gate_config",
     "gate_for",
     "install",
+    "make_asgi_app",
+    "make_wsgi_app",
+    "signals",
     "tenant_states",
     "tenant_task",
+    "webhook_blueprint",
+    "webhook_router",
+    "webhook_view",
 ]
 
 if TYPE_CHECKING:
-    from celery_tenant_gate.app.singletons import gate_config, gate_for, tenant_states
+    from celery_tenant_gate.app.singletons import gate_for, tenant_states
     from celery_tenant_gate.app.task import TenantInfo, TenantTask, tenant_task
-    from celery_tenant_gate.config.settings import GateConfig
-    from celery_tenant_gate.gate.gate import Gate, TenantStatus
-    from celery_tenant_gate.gate.lookup import TenantStates
-    from celery_tenant_gate.io.superoffice.state_api import StateClient
+    from celery_tenant_gate.gate import signals
     from celery_tenant_gate.model.carrier import TENANT_HEADER
-    from celery_tenant_gate.model.errors import (
-        ConfigError,
-        InvalidTenantId,
-        StateAPIError,
-        StateAPIResponseError,
-        StateAPIUnavailable,
-        TenantGateError,
-        TenantMismatch,
-        TenantNotFound,
-    )
-    from celery_tenant_gate.model.held import HeldMessage
-    from celery_tenant_gate.model.record import TenantRecord
-    from celery_tenant_gate.model.states import State, TenantState
-    from celery_tenant_gate.model.verdicts import Verdict
+    from celery_tenant_gate.model.errors import TenantGateError
+    from celery_tenant_gate.web.asgi import make_asgi_app
+    from celery_tenant_gate.web.django import webhook_view
+    from celery_tenant_gate.web.flask import webhook_blueprint
+    from celery_tenant_gate.web.starlette import webhook_router
+    from celery_tenant_gate.web.wsgi import make_wsgi_app
     from celery_tenant_gate.worker.install import install
 
 
 def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'celery_tenant_gate' has no attribute {name!r}")
-    value = getattr(import_module(f".{module}", __name__), name)
+    try:
+        module, attribute = _EXPORTS[name]
+    except KeyError:
+        raise AttributeError(f"module 'celery_tenant_gate' has no attribute {name!r}") from None
+    found = import_module(f".{module}", __name__)
+    value = found if attribute is None else getattr(found, attribute)
     globals()[name] = value
     return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -21,7 +21,8 @@ import pytest
 import redis
 from workers import TESTS, Harness, wait_until, worker_env
 
-from celery_tenant_gate import Gate, gate_for
+from celery_tenant_gate import gate_for
+from celery_tenant_gate.gate.gate import Gate
 from celery_tenant_gate.testing import FakeSuperOffice
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]

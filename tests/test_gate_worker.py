@@ -16,9 +16,9 @@ import redis
 from celery import chain, group
 from workers import DeliveryLog, Harness, wait_until, worker_env
 
-from celery_tenant_gate import InvalidTenantId
 from celery_tenant_gate.gate.gate import Gate
 from celery_tenant_gate.io.store.deadletters import INVALID_TENANT
+from celery_tenant_gate.model.errors import InvalidTenantId
 from celery_tenant_gate.testing import FakeSuperOffice
 from celery_tenant_gate.worker.step import REQUEUE_DELAY
 

@@ -448,7 +448,8 @@ def test_metrics_without_prometheus_client_name_the_extra() -> None:
 import sys
 sys.modules["prometheus_client"] = None
 from celery import Celery
-from celery_tenant_gate import ConfigError, install
+from celery_tenant_gate import install
+from celery_tenant_gate.model.errors import ConfigError
 app = Celery("p", broker="redis://127.0.0.1:6379/0", set_as_current=False)
 app.conf.tenant_gate_metrics = True
 try:
