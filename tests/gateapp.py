@@ -85,6 +85,7 @@ def make_app(env: Mapping[str, str]) -> Celery:
             retries=self.request.retries,
             api=self.tenant.api,
             held=_header(self.request, "tenant_gate_held"),
+            priority=(self.request.delivery_info or {}).get("priority"),
         )
         return n
 

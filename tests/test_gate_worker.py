@@ -311,6 +311,30 @@ def test_send_task_by_name_with_the_tenant_in_headers(
     assert sorted(r["n"] for r in harness.wait_ran(2)) == [1, 2]
 
 
+def test_a_task_keeps_its_priority_through_hold_and_release(
+    env: dict[str, str], harness: Harness, superoffice: FakeSuperOffice, redis_client: redis.Redis
+) -> None:
+    superoffice.set_state("Cust1", "Running")
+    app = _app(env)
+    gate = _gate(app)
+    work = app.tasks["gateapp.work"]
+    gate.pause("Cust1")
+    sent = {work.apply_async(("Cust1", n), priority=n).id: n for n in (0, 3, 6, 9)}
+    holder = harness.worker("solo")
+    wait_until(lambda: gate.state("Cust1").held == 4, what="4 held")
+    holder.stop()  # so that the released messages wait where the release put them
+    assert gate.resume("Cust1") == 4
+    if not env["GATE_BROKER"].startswith("amqp"):
+        # kombu's Redis transport: one list per priority step, "<queue>\x06\x16<step>"
+        # (priority 0: the queue's own name). Each task went back to its own list.
+        queue = f"{env['GATE_PREFIX']}:q.work"
+        lists = {n: queue + ("\x06\x16" + str(n) if n else "") for n in (0, 3, 6, 9)}
+        assert {n: redis_client.llen(key) for n, key in lists.items()} == {0: 1, 3: 1, 6: 1, 9: 1}
+    harness.worker("solo")
+    ran = harness.wait_ran(4)
+    assert {r["id"]: r["priority"] for r in ran} == sent
+
+
 def test_a_released_task_that_retries_goes_back_to_its_own_queue(
     env: dict[str, str], harness: Harness, superoffice: FakeSuperOffice
 ) -> None:
