@@ -40,22 +40,10 @@ from kombu.utils.json import dumps as json_dumps
 from redis.exceptions import NoScriptError
 
 from celery_tenant_gate.config.settings import CONTROL_TASK
+from celery_tenant_gate.io.lua import lua_script
 
-#: KEYS: the replay record, the control queue's list. ARGV: this attempt's id, seconds
-#: to keep the record, the message. 1: queued now; 0: recorded before, nothing queued.
-#: A script is not undone when one of its commands fails, so the push comes first: if
-#: it fails (say the key holds no list), nothing was written.
-_KEEP = """
-local recorded = redis.call('GET', KEYS[1])
-if recorded then
-    -- Equal: this very attempt, run again by redis-py after its answer was lost.
-    if recorded == ARGV[1] then return 1 end
-    return 0
-end
-redis.call('LPUSH', KEYS[2], ARGV[3])
-redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
-return 1
-"""
+#: Sets the replay record and queues the message, both or neither (see its header).
+_KEEP = lua_script(__package__, "keep")
 
 #: What identifies a Redis database in a redis-py connection pool's settings.
 _IDENTITY = ("host", "port", "path", "db", "username", "password")

@@ -15,71 +15,14 @@ from typing import Any
 
 import redis
 
+from celery_tenant_gate.io.lua import lua_script
 from celery_tenant_gate.model.held import HeldMessage, OnMoved, TaskRef
 
 SEP = "\x06\x16"
 PRIORITY_STEPS = ("", "3", "6", "9")
 
-# Moves every held message to the consuming end of the queue it was meant for,
-# newest first, so that they come out oldest first and before anything published
-# since: the tenant's work runs in the order it was published. Atomic: no worker
-# sees half a release. The destination is read from the tenant_gate_route header,
-# through kombu's binding table for a named exchange.
-_RELEASE = """
-local src, sep, fallback, tell = ARGV[1], ARGV[2], ARGV[3], ARGV[4] == '1'
-local cache = {}
--- Only when asked (someone listens for task_released): who moved, in the order they
--- will run, as three strings (ids, task names, queues) joined by RS: cheap to build
--- and to read.
-local ids, names, dests, at, RS = {}, {}, {}, 0, string.char(30)
-local function text(value) if type(value) == 'string' then return value end return '' end
-local function dest_for(raw)
-    local ok, msg = pcall(cjson.decode, raw)
-    if not ok or type(msg) ~= 'table' or type(msg.headers) ~= 'table' then return fallback end
-    if tell then ids[at], names[at] = text(msg.headers.id), text(msg.headers.task) end
-    local route = msg.headers.tenant_gate_route
-    if type(route) ~= 'table' then return fallback end
-    local ex, rk = route.exchange, route.routing_key
-    if type(ex) ~= 'string' or type(rk) ~= 'string' or rk == '' then return fallback end
-    if ex == '' then return rk end
-    local key = ex .. sep .. rk
-    if cache[key] == nil then
-        local dest = rk
-        for _, member in ipairs(redis.call('SMEMBERS', '_kombu.binding.' .. ex)) do
-            local i = string.find(member, sep, 1, true)
-            if i and string.sub(member, 1, i - 1) == rk then
-                local rest = string.sub(member, i + #sep)
-                local j = string.find(rest, sep, 1, true)
-                dest = j and string.sub(rest, j + #sep) or rest
-                break
-            end
-        end
-        cache[key] = dest
-    end
-    return cache[key]
-end
-local moved = 0
-for _, step in ipairs({'', '3', '6', '9'}) do
-    local key = src
-    if step ~= '' then key = src .. sep .. step end
-    if tell then at = moved + redis.call('LLEN', key) + 1 end  -- popped newest first
-    while true do
-        local raw = redis.call('LPOP', key)
-        if not raw then break end
-        at = at - 1
-        local dest = dest_for(raw)
-        if tell then ids[at], names[at], dests[at] = ids[at] or '', names[at] or '', dest end
-        if step ~= '' then dest = dest .. sep .. step end
-        redis.call('RPUSH', dest, raw)
-        moved = moved + 1
-    end
-end
-if tell then
-    local function column(t) return table.concat(t, RS, 1, moved) end
-    return {moved, column(ids), column(names), column(dests)}
-end
-return moved
-"""
+# Moves every held message, as stored, to the queue it was meant for (see its header).
+_RELEASE = lua_script(__package__, "release")
 
 
 def _keys(queue: str) -> list[str]:

@@ -21,68 +21,15 @@ import redis
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
+from celery_tenant_gate.io.lua import lua_script
 from celery_tenant_gate.model.record import Source, TenantRecord, record_from_fields, state_fields
 from celery_tenant_gate.model.states import TenantState
 
-# Writes are ordered by `observed_at`: a write observed before the stored one is
-# refused, so a slow State API answer cannot undo a newer notification.
-# ARGV: guard time, bump observed_at (1/0), channel, ctx, then field/value pairs.
-# Returns the whole hash after the write, and 1/0 for applied, as its last item.
-_GUARDED_WRITE = """
-local stored = tonumber(redis.call('HGET', KEYS[1], 'observed_at') or '0')
-local applied = 0
-if stored <= tonumber(ARGV[1]) then
-    if ARGV[2] == '1' then
-        redis.call('HSET', KEYS[1], 'observed_at', ARGV[1])
-    end
-    redis.call('HSET', KEYS[1], unpack(ARGV, 5))
-    redis.call('HINCRBY', KEYS[1], 'version', 1)
-    redis.call('PUBLISH', ARGV[3], ARGV[4])
-    applied = 1
-end
-local all = redis.call('HGETALL', KEYS[1])
-table.insert(all, applied)
-return all
-"""
-
-# KEYS: tenant hash, paused zset. ARGV: 1/0 paused, reason, at, channel, ctx, by.
-# Returns 1 when the paused flag changed.
-_SET_PAUSED = """
-local was = redis.call('HGET', KEYS[1], 'paused') == '1'
-local now = ARGV[1] == '1'
-if was and now and redis.call('HGET', KEYS[1], 'paused_by') == 'manual' and ARGV[6] ~= 'manual' then
-    -- A pause by hand lasts until a resume by hand: another pause does not turn it
-    -- into one that ends by itself.
-    return 0
-end
-redis.call('HSET', KEYS[1], 'paused', ARGV[1], 'pause_reason', ARGV[2], 'paused_at', ARGV[3],
-           'paused_by', ARGV[6])
-redis.call('HINCRBY', KEYS[1], 'version', 1)
-if now then
-    redis.call('ZADD', KEYS[2], ARGV[3], ARGV[5])
-else
-    redis.call('ZREM', KEYS[2], ARGV[5])
-end
-redis.call('PUBLISH', ARGV[4], ARGV[5])
-if was == now then return 0 end
-return 1
-"""
-
-# Notifications carry no id or time but their token's: apply one only if it is not
-# older than the newest applied. ARGV: its iat. Returns 1 if applied.
-_NOTIFIED = """
-local stored = tonumber(redis.call('HGET', KEYS[1], 'notified_at') or '0')
-if stored > tonumber(ARGV[1]) then return 0 end
-redis.call('HSET', KEYS[1], 'notified_at', ARGV[1])
-return 1
-"""
-
-_UNLOCK = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-    return redis.call('DEL', KEYS[1])
-end
-return 0
-"""
+# The scripts, in lua/: what each does, its KEYS, ARGV and answer are in its header.
+_GUARDED_WRITE = lua_script(__package__, "guarded_write")
+_SET_PAUSED = lua_script(__package__, "set_paused")
+_NOTIFIED = lua_script(__package__, "notified")
+_UNLOCK = lua_script(__package__, "unlock")
 
 
 def connect(url: str) -> redis.Redis:
