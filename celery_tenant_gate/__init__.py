@@ -35,7 +35,7 @@ _EXPORTS = {
     "TenantTask": "app.task",
     "TenantInfo": "app.task",
     "Gate": "gate.gate",
-    "TenantStatus": "gate.gate",
+    "TenantStatus": "gate.controls",
     "HeldMessage": "model.held",
     "TENANT_HEADER": "model.carrier",
 }
@@ -74,7 +74,8 @@ if TYPE_CHECKING:
     from celery_tenant_gate.app.singletons import gate_config, gate_for, tenant_states
     from celery_tenant_gate.app.task import TenantInfo, TenantTask, tenant_task
     from celery_tenant_gate.config.settings import GateConfig
-    from celery_tenant_gate.gate.gate import Gate, TenantStatus
+    from celery_tenant_gate.gate.controls import TenantStatus
+    from celery_tenant_gate.gate.gate import Gate
     from celery_tenant_gate.gate.lookup import TenantStates
     from celery_tenant_gate.io.superoffice.state_api import StateClient
     from celery_tenant_gate.model.carrier import TENANT_HEADER
