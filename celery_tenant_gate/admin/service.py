@@ -25,7 +25,8 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from celery_tenant_gate.app.singletons import gate_config, gate_for
-from celery_tenant_gate.gate.gate import Gate, TenantStatus
+from celery_tenant_gate.gate.controls import TenantStatus
+from celery_tenant_gate.gate.gate import Gate
 from celery_tenant_gate.model.errors import (
     ConfigError,
     InvalidTenantId,
