@@ -260,7 +260,7 @@ def _held_text(result: HeldResult) -> str:
 
 
 def _check_text(result: CheckResult) -> str:
-    document = _check_json(result)
+    answer = _check_json(result)
     record = result.record
     state = record.state if record is not None else None
     valid_until = state.valid_until if state is not None else None
@@ -271,10 +271,10 @@ def _check_text(result: CheckResult) -> str:
     running = "-" if state is None else str(state.is_running).lower()
     rows = [
         ("tenant", result.context_id),
-        ("state", f"{document['state'] or '(none)'} (IsRunning: {running})"),
+        ("state", f"{answer['state'] or '(none)'} (IsRunning: {running})"),
         ("valid", valid),
-        ("endpoint", document["endpoint"] or "-"),
-        ("api", document["api"] or "-"),
+        ("endpoint", answer["endpoint"] or "-"),
+        ("api", answer["api"] or "-"),
         ("verdict", f"{result.verdict.value}: {result.why}"),
     ]
     return "\n".join(f"{name:<9} {value}" for name, value in rows)
