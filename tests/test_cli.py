@@ -22,7 +22,12 @@ import redis
 from workers import TESTS, Harness, wait_until, worker_env
 
 from celery_tenant_gate import gate_for
+from celery_tenant_gate.admin import render
+from celery_tenant_gate.admin.errors import EXIT_NOT_FOUND
+from celery_tenant_gate.admin.results import PauseResult, ResumeResult
+from celery_tenant_gate.admin.service import TenantAdmin
 from celery_tenant_gate.gate.gate import Gate
+from celery_tenant_gate.model.verdicts import Verdict
 from celery_tenant_gate.testing import FakeSuperOffice
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
@@ -273,6 +278,29 @@ def test_check_asks_the_state_api_now_and_says_what_the_gate_decides(
 
     clean_failure(unknown, 2, "unknown tenant Cust404", "State API", "404")
     clean_failure(down, 3, "State API, tenant Cust14", "connection failed")
+
+
+def test_the_service_returns_data_and_the_command_prints_it_rendered(
+    env: dict[str, str], gate: Gate, fake: FakeSuperOffice
+) -> None:
+    fake.set_state("Cust15", "Suspended", valid_for=600)
+    gate.states.refresh("Cust15")
+    admin = TenantAdmin(gate.app, clock=lambda: 1_900_000_000.0)
+
+    paused = admin.pause("Cust15", "audit")
+    assert paused == PauseResult("Cust15", "audit", True, True, "audit", "manual")
+    found = admin.status(["Cust15", "Cust16", "Cust15"])
+    (status,) = found.tenants
+    assert (status.context_id, status.verdict, status.held) == ("Cust15", Verdict.HOLD, 0)
+    assert status.record is not None and status.record.pause_reason == "audit"
+    assert (found.asked, found.unknown, found.now) == (("Cust15", "Cust16"), ("Cust16",), 1.9e9)
+    assert found.error is not None and found.error.exit_code == EXIT_NOT_FOUND
+    printed = cli(env, "status", "Cust15", "--json").json()
+    assert printed == render.document(admin.status(["Cust15"]))
+
+    resumed = admin.resume("Cust15")  # the clock is far ahead: the state is too old
+    why = "the last state known is too old; failure policy: hold"
+    assert resumed == ResumeResult("Cust15", True, 0, Verdict.HOLD, why)
 
 
 def test_bad_input_is_named_and_changes_nothing(env: dict[str, str], gate: Gate) -> None:

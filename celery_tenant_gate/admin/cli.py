@@ -13,8 +13,9 @@ app they load (``ctx.obj.app``)::
     celery -A proj tenant-gate check CTX
 
 Every subcommand takes ``--json``. The work is done by
-:class:`celery_tenant_gate.admin.TenantAdmin`; this module is the click layer only.
-Nothing in the package imports it, so a web process never loads it.
+:class:`celery_tenant_gate.admin.service.TenantAdmin` and its results are printed by
+:mod:`celery_tenant_gate.admin.render`; this module is the click layer only. Nothing
+in the package imports it, so a web process never loads it.
 """
 
 from __future__ import annotations
@@ -28,11 +29,12 @@ from typing import TYPE_CHECKING
 import click
 
 if TYPE_CHECKING:
-    from .service import Report, TenantAdmin
+    from .results import Result
+    from .service import TenantAdmin
 
 __all__ = ["tenant_gate"]
 
-#: click's own exit code for bad usage is 2; here 2 means "unknown tenant" (see admin).
+#: click's own exit code for bad usage is 2; here 2 means "unknown tenant" (see errors).
 _EXIT_USAGE = 1
 
 
@@ -70,12 +72,15 @@ class _Group(click.Group):
             return super().resolve_command(ctx, args)
 
 
-def _run(ctx: click.Context, as_json: bool, action: Callable[[TenantAdmin], Report]) -> None:
-    """Do *action* on the app's admin, print its report, exit as it says."""
+def _run(ctx: click.Context, as_json: bool, action: Callable[[TenantAdmin], Result]) -> None:
+    """Do *action* on the app's admin, print its result, exit as it says."""
     # Imported here: Celery imports every celery.commands plugin for every command it
     # runs, and `celery worker` of an app without the gate should not pay for the
     # gate's modules (redis, requests, ...).
-    from .service import AdminError, TenantAdmin  # noqa: PLC0415
+    from . import render  # noqa: PLC0415
+    from .errors import AdminError  # noqa: PLC0415
+    from .results import StatusResult  # noqa: PLC0415
+    from .service import TenantAdmin  # noqa: PLC0415
 
     app = getattr(ctx.find_root().obj, "app", None)
     if app is None:  # not run by `celery`: its default app, as `celery` would use
@@ -83,16 +88,18 @@ def _run(ctx: click.Context, as_json: bool, action: Callable[[TenantAdmin], Repo
 
         app = current_app
     try:
-        report = action(TenantAdmin(app))
+        result = action(TenantAdmin(app))
     except AdminError as exc:
         click.echo(f"Error: {exc}", err=True)
         ctx.exit(exc.exit_code)
-    output = json.dumps(report.data, indent=2) if as_json else report.text
+    output = json.dumps(render.document(result), indent=2) if as_json else render.text(result)
     if output:
         click.echo(output)
-    if report.error is not None:
-        click.echo(f"Error: {report.error}", err=True)
-        ctx.exit(report.error.exit_code)
+    # Some tenants of a `status` unknown: the known ones are shown, then the error.
+    error = result.error if isinstance(result, StatusResult) else None
+    if error is not None:
+        click.echo(f"Error: {error}", err=True)
+        ctx.exit(error.exit_code)
 
 
 json_option = click.option(
