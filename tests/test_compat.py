@@ -5,12 +5,14 @@ versions ``_compat`` was checked on and those installed: after an upgrade, adapt
 
 from __future__ import annotations
 
+import ast
 import inspect
 import json
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from importlib.metadata import version
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -47,6 +49,42 @@ def upstream(what: str) -> Iterator[None]:
         yield
     except Exception as exc:
         pytest.fail(f"{changed(what)} ({type(exc).__name__}: {exc})")
+
+
+#: Attributes of upstream objects that only _compat.py may use.
+INTERNALS = frozenset(
+    {
+        "_q_for_pri",
+        "global_keyprefix",
+        "alt",
+        "declared_entities",
+        "send_method",
+        "auto_decode",
+        "connection_class",
+        "connection_kwargs",
+        "pack_commands",
+        "send_packed_command",
+        "read_response",
+        "transport_cls",
+        "as_task_v2",
+        "signature_from_request",
+        "on_task_request",
+        "task_ready",
+        "acknowledged",
+    }
+)
+
+
+def test_only_compat_uses_upstream_internals() -> None:
+    package = Path(_compat.__file__).parent
+    found = [
+        f"{path.relative_to(package.parent)}:{node.lineno}: .{node.attr}"
+        for path in sorted(package.rglob("*.py"))
+        if path.name != "_compat.py"
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, ast.Attribute) and node.attr in INTERNALS
+    ]
+    assert found == [], "use celery_tenant_gate._compat for these:\n" + "\n".join(found)
 
 
 # -- py-amqp ---------------------------------------------------------------------------
