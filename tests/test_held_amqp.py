@@ -20,7 +20,7 @@ import pytest
 from kombu.connection import Connection
 
 from celery_tenant_gate.io.broker.amqp_held import RELEASED_HEADER, AmqpHeldQueues, HeldMessage
-from celery_tenant_gate.io.broker.holding import DEAD_LETTER_ARGUMENTS, HOLD_EXCHANGE
+from celery_tenant_gate.io.broker.amqp_queues import DEAD_LETTER_ARGUMENTS, HOLD_EXCHANGE
 
 pytestmark = [pytest.mark.rabbitmq, pytest.mark.timeout(120)]
 
@@ -477,7 +477,7 @@ def test_missing_or_empty_queues_release_and_drain_nothing(
 _RELEASE_IN_A_CHILD = """
 import sys
 from kombu.connection import Connection
-from celery_tenant_gate.held_amqp import AmqpHeldQueues
+from celery_tenant_gate.io.broker.amqp_held import AmqpHeldQueues
 url, queue = sys.argv[1], sys.argv[2]
 AmqpHeldQueues(lambda: Connection(url)).release(queue, marker="doomed", batch=100)
 """
@@ -504,6 +504,7 @@ def test_kill_9_during_a_release_loses_nothing(
         child.send_signal(signal.SIGKILL)  # in the middle of the release
     finally:
         child.wait(10)
+    assert child.returncode == -signal.SIGKILL, "the release ended before it was killed"
     # The broker requeues what the dead release had taken but not acknowledged.
     held.release(tenant, marker="again")
     ids = [m.headers["id"] for m in broker.take(target)]

@@ -10,12 +10,8 @@ from collections.abc import Callable
 from typing import Any
 
 from celery_tenant_gate.config.settings import GateConfig
-from celery_tenant_gate.io.broker.holding import (
-    ConfirmedProducers,
-    destination_queue,
-    hold_message,
-    hold_request,
-)
+from celery_tenant_gate.io.broker.amqp_queues import destination_queue, is_amqp
+from celery_tenant_gate.io.broker.holding import ConfirmedProducers, hold_message, hold_request
 from celery_tenant_gate.io.store.deadletters import INVALID_TENANT, DeadLetters
 from celery_tenant_gate.model.carrier import (
     tenant_from_call,
@@ -62,8 +58,7 @@ class Screening:
         self._valid_ids: set[str] = set()
         # RabbitMQ: holds are confirmed by the broker before the original is acked.
         # (Redis answers every LPUSH: nothing to confirm.)
-        transport = app.connection_for_write().transport_cls
-        self._amqp = transport in {"amqp", "amqps", "pyamqp"}
+        self._amqp = is_amqp(app)
         self._confirmed = ConfirmedProducers(app) if self._amqp else None
 
     def _destination(self, headers: Any, delivery_info: Any) -> str | None:

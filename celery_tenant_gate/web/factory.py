@@ -18,6 +18,7 @@ import redis
 
 from celery_tenant_gate.config.settings import CONTROL_TASK, PREFIX, GateConfig, gate_config
 from celery_tenant_gate.io import metrics
+from celery_tenant_gate.io.broker.amqp_queues import is_amqp
 from celery_tenant_gate.io.broker.redis_control import (
     RedisControlQueue,
     redis_control_queue,
@@ -159,8 +160,7 @@ class ControlSender:
         # RabbitMQ: wait for the broker's confirm, so that a kept connection the
         # broker dropped while idle fails the publish (and is retried on a new one)
         # instead of swallowing it: never a 202 for a notification the broker lacks.
-        amqp = app.connection_for_write().transport_cls in {"amqp", "amqps", "pyamqp"}
-        self._options = {"confirm_publish": True} if amqp else None
+        self._options = {"confirm_publish": True} if is_amqp(app) else None
 
     def send(self, kwargs: dict[str, Any]) -> str:
         """Publish one control task with *kwargs*; its task id."""

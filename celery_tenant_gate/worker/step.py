@@ -17,8 +17,18 @@ from collections.abc import Callable
 from typing import Any
 
 from celery import bootsteps
-from celery.worker import state as worker_state
 
+from celery_tenant_gate._compat import (
+    live_delivery_info,
+    mark_acknowledged,
+    request_acknowledged,
+    request_message,
+    requeue,
+    revoked_check,
+    set_task_handler,
+    task_handler,
+    worker_task_ready,
+)
 from celery_tenant_gate.app.singletons import gate_config, gate_for
 from celery_tenant_gate.gate.gate import Gate
 from celery_tenant_gate.io.broker.holding import restore_route
@@ -37,11 +47,11 @@ def gated(
     """Wrap the consumer's ``on_task_request`` with the gate. A task that cannot be
     screened goes back to the broker after :data:`REQUEUE_DELAY`, on *timer* (the
     consumer's, so that the event loop goes on meanwhile); without one, at once."""
-    task_ready = worker_state.task_ready
+    task_ready = worker_task_ready()
 
-    def requeue(request: Any) -> None:
+    def requeue_now(request: Any) -> None:
         try:
-            request.reject(requeue=True)
+            requeue(request)
         finally:
             task_ready(request)
 
@@ -49,10 +59,12 @@ def gated(
         task = request.task
         if not getattr(task, "tenant_scoped", False):
             return on_task_request(request)
-        message = request.message
+        message = request_message(request)
         try:
             # A revoked or expired task is never held (Celery acks and records it).
-            verdict = gate.screen(message, task, request.args, request.kwargs, request.revoked)
+            verdict = gate.screen(
+                message, task, request.args, request.kwargs, revoked_check(request)
+            )
         except Exception:
             if _revoked(request):  # acknowledged and recorded by Celery: nothing to keep
                 return None
@@ -67,12 +79,12 @@ def gated(
                 delay,
             )
             if timer is None:
-                requeue(request)
+                requeue_now(request)
             else:
-                timer.call_after(delay, requeue, (request,))
+                timer.call_after(delay, requeue_now, (request,))
             return None
         if verdict is Verdict.RUN:
-            restore_route(message.headers, request.delivery_info)
+            restore_route(message.headers, live_delivery_info(request))
             return on_task_request(request)
         if verdict is None:  # revoked
             return None
@@ -86,7 +98,7 @@ def gated(
 def _revoked(request: Any) -> bool:
     """Whether Celery finds *request* revoked or expired (False if it cannot tell)."""
     try:
-        return bool(request.revoked())
+        return bool(revoked_check(request)())
     except Exception:
         logger.exception("tenant-gate: could not tell whether task %s is revoked", request.id)
         return False
@@ -101,14 +113,14 @@ def acknowledge_now(request: Any) -> None:
     with a prefetch of 1 there is none (the broker sends nothing more until the
     ack), so the worker sat idle for seconds after each hold (seen in the demo).
     """
-    if request.acknowledged:
+    if request_acknowledged(request):
         return
     try:
-        request.message.ack()
+        request_message(request).ack()
     except Exception:
         # The broker will deliver it again; its held copy makes that a duplicate.
         logger.exception("tenant-gate: could not acknowledge task %s", request.id)
-    request.acknowledged = True
+    mark_acknowledged(request)
 
 
 class Sweeper:
@@ -156,7 +168,7 @@ class TenantGateStep(bootsteps.StartStopStep):  # type: ignore[misc]
         gate_config(app)  # a bad setting stops the worker here, naming the key
         self.gate = gate_for(app)
         # Wrapped here, before the Tasks step builds the strategies that capture it.
-        consumer.on_task_request = gated(self.gate, consumer.on_task_request, consumer.timer)
+        set_task_handler(consumer, gated(self.gate, task_handler(consumer), consumer.timer))
         # Every worker of an installed app takes control tasks, whatever its -Q. Added
         # to the queues to consume before the task consumer is built: adding it once
         # the consumer runs races with messages already waiting (RabbitMQ delivers

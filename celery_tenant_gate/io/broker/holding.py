@@ -22,6 +22,7 @@ from typing import Any
 from kombu.entity import Exchange, Queue
 from kombu.messaging import Producer
 
+from celery_tenant_gate._compat import forget_declared, signature_from_request
 from celery_tenant_gate.model.carrier import (
     HEADER,
     HELD_AT_HEADER,
@@ -29,63 +30,20 @@ from celery_tenant_gate.model.carrier import (
     ROUTE_HEADER,
 )
 
+from .amqp_queues import HOLD_EXCHANGE, dead_lettering_queue
+
 _ANON = Exchange("")  # type: ignore[no-untyped-call]
 _RETRY_POLICY = {"max_retries": 3, "interval_start": 0.1, "interval_step": 0.2}
-
-#: RabbitMQ: the exchange that hold copies go through. Each tenant queue is bound to
-#: it by its own name. A copy is published with the queue it was meant for as its
-#: routing key and the tenant queue in its ``BCC`` header, so it lands in the tenant
-#: queue only, keeping its destination as its routing key.
-HOLD_EXCHANGE = "tenant_gate.hold"
-#: RabbitMQ: where tenant queues dead-letter. A release rejects the held messages and
-#: the broker routes each one here by its routing key, to the queue it was meant for
-#: (the release binds that queue here by its own name). Dead-lettering also routes by
-#: the ``BCC`` keys: those lead nowhere here, so no copy goes back to the tenant queue.
-RELEASE_EXCHANGE = "tenant_gate.release"
-#: The argument that makes a RabbitMQ tenant queue dead-letter to RELEASE_EXCHANGE.
-DEAD_LETTER_ARGUMENTS = {"x-dead-letter-exchange": RELEASE_EXCHANGE}
-_HOLD = Exchange(HOLD_EXCHANGE, "direct", durable=True)  # type: ignore[no-untyped-call]
 
 
 def tenant_queue(name: str, *, dead_letter: bool = False) -> Queue:
     """A tenant queue: durable, consumed by nobody. On the default exchange; with
-    *dead_letter* (RabbitMQ), also bound to :data:`HOLD_EXCHANGE` and dead-lettering
-    to :data:`RELEASE_EXCHANGE`."""
-    if not dead_letter:
-        return Queue(  # type: ignore[no-untyped-call]
-            name, _ANON, routing_key=name, durable=True, auto_delete=False
-        )
+    *dead_letter* (RabbitMQ), the one of :func:`.amqp_queues.dead_lettering_queue`."""
+    if dead_letter:
+        return dead_lettering_queue(name)
     return Queue(  # type: ignore[no-untyped-call]
-        name,
-        _HOLD,
-        routing_key=name,
-        durable=True,
-        auto_delete=False,
-        queue_arguments=dict(DEAD_LETTER_ARGUMENTS),
+        name, _ANON, routing_key=name, durable=True, auto_delete=False
     )
-
-
-def destination_queue(app: Any, headers: Any, delivery_info: Any) -> str | None:
-    """The queue a message was meant for, when its route names exactly one: the
-    default exchange, or a direct exchange one of the app's queues is bound to with
-    that routing key; else None. The route is the one it was first published with (the
-    ``tenant_gate_route`` header of a message held before), else how it came."""
-    route = (headers or {}).get(ROUTE_HEADER)
-    info = route if isinstance(route, dict) else (delivery_info or {})
-    exchange, routing_key = info.get("exchange") or "", info.get("routing_key") or ""
-    if not isinstance(exchange, str) or not isinstance(routing_key, str) or not routing_key:
-        return None
-    if exchange in {"", RELEASE_EXCHANGE}:
-        return routing_key
-    found = [
-        queue.name
-        for queue in app.amqp.queues.values()
-        if queue.exchange is not None
-        and queue.exchange.name == exchange
-        and queue.exchange.type == "direct"
-        and queue.routing_key == routing_key
-    ]
-    return str(found[0]) if len(found) == 1 else None
 
 
 def held_headers(
@@ -145,9 +103,7 @@ def _redeclare_on_failure(producer: Any) -> Iterator[None]:
     try:
         yield
     except Exception:
-        declared = getattr(producer.connection, "declared_entities", None)
-        if declared is not None:
-            declared.clear()
+        forget_declared(producer.connection)
         raise
 
 
@@ -215,7 +171,8 @@ def hold_request(
     through_hold = amqp and destination is not None
     if through_hold:
         headers["BCC"] = [queue]
-    signature = task.signature_from_request(
+    signature = signature_from_request(
+        task,
         request,
         # A Queue, not a name: Celery then declares it as it is. Without an exchange
         # given, Celery publishes to a direct queue through the default exchange.

@@ -3,11 +3,11 @@
 Publishing the control task through kombu cost the webhook about half a millisecond of
 CPU a notification (``python -m bench webhook``): kombu's Redis transport builds a new
 redis-py client for every message, and the publish goes through ``ensure``, declaring
-and routing each time. Here Celery builds the task message (``app.amqp.as_task_v2``)
-and kombu's own serializer encodes it; the envelope is then written as kombu's Redis
-transport writes it (``Channel.basic_publish`` in ``kombu/transport/virtual/base.py``,
-``Channel._put`` in ``kombu/transport/redis.py``: the body base64-encoded, a fresh
-``delivery_tag``, ``delivery_info``, ``LPUSH`` to the queue's list for priority 0).
+and routing each time. Here Celery builds the task message
+(``app.amqp.create_task_message``) and kombu's own serializer encodes it; the envelope
+is then written as kombu's Redis transport writes it (the body base64-encoded, a fresh
+``delivery_tag``, ``delivery_info``, ``LPUSH`` to the queue's list for priority 0: see
+``kombu_redis_envelope`` in :mod:`celery_tenant_gate._compat`).
 When the broker is the Redis of the shared store, the push is made in one Lua script
 with the webhook's replay record: a verified notification costs one round trip, and
 the record and the message are written together or not at all. Notifications answered
@@ -39,6 +39,15 @@ from kombu.transport import redis as kombu_redis
 from kombu.utils.json import dumps as json_dumps
 from redis.exceptions import NoScriptError
 
+from celery_tenant_gate._compat import (
+    has_failover,
+    kombu_redis_envelope,
+    kombu_redis_list,
+    kombu_redis_pool,
+    redis_pool_settings,
+    redis_round_trip,
+    task_message,
+)
 from celery_tenant_gate.config.settings import CONTROL_TASK
 from celery_tenant_gate.io.lua import lua_script
 
@@ -134,26 +143,23 @@ class RedisControlQueue:
         build it (*body*, base64, given: in place of the task's own), and the task's
         body before serializing: ``(args, kwargs, embed)``."""
         # celery.app.amqp.AMQP.send_task_message, then kombu's Producer.publish.
-        headers, properties, task_body, _sent_event = self.app.amqp.as_task_v2(
-            task_id, CONTROL_TASK, (), {}, argsrepr="()", kwargsrepr=kwargsrepr
+        headers, properties, task_body = task_message(
+            self.app, task_id, CONTROL_TASK, kwargsrepr=kwargsrepr
         )
         properties["delivery_mode"] = self._delivery_mode
         encoded, content_type, content_encoding, compression = self._encode(task_body)
         if compression is not None:
             headers["compression"] = compression
-        # kombu.transport.virtual.Channel: prepare_message, then basic_publish.
-        properties["delivery_info"] = {"exchange": "", "routing_key": self.queue}
-        properties["priority"] = 0
-        properties["body_encoding"] = "base64"
-        properties["delivery_tag"] = tag
-        document = {
-            "body": encoded if body is None else body,
-            "content-encoding": content_encoding,
-            "content-type": content_type,
-            "headers": headers,
-            "properties": properties,
-        }
-        return document, tuple(task_body)
+        document = kombu_redis_envelope(
+            encoded if body is None else body,
+            content_type=content_type,
+            content_encoding=content_encoding,
+            headers=headers,
+            properties=properties,
+            queue=self.queue,
+            delivery_tag=tag,
+        )
+        return document, task_body
 
     def _encode(self, body: tuple[Any, ...]) -> tuple[str, str, str, str | None]:
         """*body* serialized, compressed and base64-encoded as kombu does; with its
@@ -220,21 +226,9 @@ class RedisControlQueue:
             self._connection_pid = os.getpid()
         with self._lock:
             if self._connection is None:
-                pool = self.client.connection_pool
-                self._connection = pool.connection_class(**pool.connection_kwargs)
-            connection = self._connection
-            try:
-                connection.send_packed_command(connection.pack_commands(commands))
-                results: list[Any] = []
-                for _ in commands:
-                    try:
-                        results.append(connection.read_response())
-                    except redis.ResponseError as error:
-                        results.append(error)
-            except BaseException:
-                connection.disconnect()
-                raise
-            return results
+                settings = redis_pool_settings(self.client.connection_pool)
+                self._connection = settings.connection_type(**settings.kwargs)
+            return redis_round_trip(self._connection, commands)
 
 
 class _Frame:
@@ -306,24 +300,24 @@ def redis_control_queue(app: Any, queue: str, store: redis.Redis) -> RedisContro
     if not _plain_route(app, queue):
         return None
     with app.connection_for_write() as connection:
-        if not isinstance(connection.transport, kombu_redis.Transport) or connection.alt:
+        if not isinstance(connection.transport, kombu_redis.Transport) or has_failover(connection):
             # RabbitMQ or another transport (never connected to here), or failover
             # URLs: kombu moves to the next one when one fails.
             return None
         channel = connection.default_channel
+        pool = kombu_redis_pool(channel)
         if (
-            type(channel.pool) is not redis.ConnectionPool  # Sentinel's is a subclass
+            type(pool) is not redis.ConnectionPool  # Sentinel's is a subclass
             or channel.body_encoding != "base64"
         ):
             return None
         app.amqp.queues[queue](channel).declare()
-        key = channel.global_keyprefix + channel._q_for_pri(queue, 0)
-        pool = channel.pool
-        kwargs = dict(pool.connection_kwargs)
+        key = kombu_redis_list(channel, queue)
+        settings = redis_pool_settings(pool)
         broker_pool = redis.ConnectionPool(
-            connection_class=pool.connection_class,
-            max_connections=pool.max_connections,
-            **kwargs,
+            connection_class=settings.connection_type,
+            max_connections=settings.max_connections,
+            **settings.kwargs,
         )
     identity = _identity(broker_pool)
     same = identity is not None and identity == _identity(store.connection_pool)
@@ -350,7 +344,8 @@ def _plain_route(app: Any, queue: str) -> bool:
 
 def _identity(pool: Any) -> tuple[Any, ...] | None:
     """Where *pool* connects to, and as whom; ``None`` if that cannot be told."""
-    kwargs = pool.connection_kwargs
+    settings = redis_pool_settings(pool)
+    kwargs = settings.kwargs
     if kwargs.get("credential_provider") is not None:
         return None
-    return (pool.connection_class, *(kwargs.get(name) for name in _IDENTITY))
+    return (settings.connection_type, *(kwargs.get(name) for name in _IDENTITY))

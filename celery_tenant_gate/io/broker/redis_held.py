@@ -8,18 +8,22 @@ script, so nothing is re-encoded and a release takes milliseconds.
 
 from __future__ import annotations
 
-import base64
-import json
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import redis
 
+from celery_tenant_gate._compat import (
+    KOMBU_REDIS_PRIORITY_STEPS,
+    KOMBU_REDIS_SEP,
+    kombu_redis_message,
+)
 from celery_tenant_gate.io.lua import lua_script
 from celery_tenant_gate.model.held import HeldMessage, OnMoved, TaskRef
 
-SEP = "\x06\x16"
-PRIORITY_STEPS = ("", "3", "6", "9")
+SEP = KOMBU_REDIS_SEP
+#: The suffixes of a queue's lists, one a priority step ("": the queue's own name).
+PRIORITY_STEPS = tuple(str(step) if step else "" for step in KOMBU_REDIS_PRIORITY_STEPS)
 
 # Moves every held message, as stored, to the queue it was meant for (see its header).
 _RELEASE = lua_script(__package__, "release")
@@ -27,24 +31,6 @@ _RELEASE = lua_script(__package__, "release")
 
 def _keys(queue: str) -> list[str]:
     return [queue if not step else f"{queue}{SEP}{step}" for step in PRIORITY_STEPS]
-
-
-def decode(raw: bytes | str) -> HeldMessage:
-    """A kombu Redis envelope as a :class:`HeldMessage`."""
-    envelope: dict[str, Any] = json.loads(raw)
-    properties = dict(envelope.get("properties") or {})
-    body: Any = envelope.get("body", "")
-    if properties.get("body_encoding") == "base64":
-        body = base64.b64decode(body)
-    elif isinstance(body, str):
-        body = body.encode()
-    return HeldMessage(
-        headers=dict(envelope.get("headers") or {}),
-        body=bytes(body),
-        content_type=str(envelope.get("content-type") or ""),
-        content_encoding=str(envelope.get("content-encoding") or ""),
-        properties=properties,
-    )
 
 
 class RedisHeldQueues:
@@ -72,7 +58,7 @@ class RedisHeldQueues:
             if len(found) >= limit:
                 break
             raw: list[Any] = self.client.lrange(key, -(limit - len(found)), -1)
-            found.extend(decode(item) for item in reversed(raw))
+            found.extend(kombu_redis_message(item) for item in reversed(raw))
         return found
 
     def release(self, queue: str, *, marker: str = "", on_moved: OnMoved | None = None) -> int:
@@ -91,7 +77,7 @@ class RedisHeldQueues:
                 raw: list[Any] = self.client.lrange(key, -batch, -1)
                 if not raw:
                     break
-                sink([decode(item) for item in reversed(raw)])
+                sink([kombu_redis_message(item) for item in reversed(raw)])
                 # Remove exactly the ones handed over (from the old end; new ones
                 # may have been pushed at the other end meanwhile).
                 self.client.ltrim(key, 0, -(len(raw) + 1))
