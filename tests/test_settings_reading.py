@@ -14,7 +14,6 @@ from typing import Any
 
 import pytest
 from celery import Celery
-from django.conf import LazySettings
 
 from celery_tenant_gate import install
 from celery_tenant_gate.app.singletons import gate_for
@@ -164,8 +163,10 @@ def test_a_typo_in_a_mapping_is_an_error_naming_the_closest_setting() -> None:
 # -- Django: config_from_object("django.conf:settings", namespace="CELERY") ------------
 
 
-def django_settings(**values: Any) -> LazySettings:
+def django_settings(**values: Any) -> Any:
     """A Django settings object of its own (``django.conf.settings`` stays untouched)."""
+    from django.conf import LazySettings
+
     settings = LazySettings()
     settings.configure(**values)
     return settings

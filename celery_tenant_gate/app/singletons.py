@@ -10,7 +10,7 @@ from urllib.parse import urlsplit
 
 import redis
 
-from celery_tenant_gate.config.reading import config_for, gate_config
+from celery_tenant_gate.config.reading import built_from_settings, gate_config
 from celery_tenant_gate.gate.gate import Gate
 from celery_tenant_gate.gate.lookup import TenantStates
 from celery_tenant_gate.io import metrics
@@ -46,10 +46,12 @@ def tenant_states(app: Any) -> TenantStates:
 
 
 def _make_states(app: Any) -> TenantStates:
-    with config_for(app, "the tenant look-up") as config:
-        if config.metrics:
-            metrics.enable()  # State API calls are counted from now on
-        return TenantStates.from_config(config)
+    config = gate_config(app)
+    if config.metrics:
+        metrics.enable()  # State API calls are counted from now on
+    states = TenantStates.from_config(config)
+    built_from_settings(app, "the tenant look-up")
+    return states
 
 
 def gate_for(app: Any) -> Gate:
@@ -58,17 +60,18 @@ def gate_for(app: Any) -> Gate:
 
 
 def _make_gate(app: Any) -> Gate:
-    with config_for(app, "the gate") as config:
-        states = tenant_states(app)
-        gate = Gate(
-            app,
-            config,
-            states,
-            held_queues_for(app),
-            DeadLetters(states.store.client, config.key_prefix, config.dead_letter_max),
-        )
-        watch(gate)
-        return gate
+    config = gate_config(app)
+    states = tenant_states(app)
+    gate = Gate(
+        app,
+        config,
+        states,
+        held_queues_for(app),
+        DeadLetters(states.store.client, config.key_prefix, config.dead_letter_max),
+    )
+    watch(gate)
+    built_from_settings(app, "the gate")
+    return gate
 
 
 def held_queues_for(app: Any) -> HeldQueues:

@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 from celery import Task, current_app
 from celery.exceptions import Ignore, Reject
 
-from celery_tenant_gate.config.reading import config_for
+from celery_tenant_gate.config.reading import built_from_settings
 from celery_tenant_gate.model.carrier import (
     HEADER,
     choose_tenant,
@@ -35,7 +35,7 @@ from celery_tenant_gate.model.carrier import (
 from celery_tenant_gate.model.ids import compile_pattern, validate_tenant_id
 from celery_tenant_gate.model.verdicts import Verdict
 
-from .singletons import gate_for, tenant_states
+from .singletons import gate_config, gate_for, tenant_states
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -147,8 +147,8 @@ class TenantTask(Task):  # type: ignore[misc]
 def _pattern_of(app: Any) -> Any:
     pattern = getattr(app, "_tenant_gate_pattern", None)
     if pattern is None:
-        with config_for(app, "the tenant check of tenant tasks") as config:
-            pattern = compile_pattern(config.tenant_id_pattern)
+        pattern = compile_pattern(gate_config(app).tenant_id_pattern)
+        built_from_settings(app, "the tenant check of tenant tasks")
         app._tenant_gate_pattern = pattern
     return pattern
 

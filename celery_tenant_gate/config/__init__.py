@@ -7,7 +7,7 @@ No I/O.
   typo warnings (:class:`UnknownSettingWarning`), settings changed after they were read.
 """
 
-from .reading import UnknownSettingWarning, config_for, gate_config
+from .reading import UnknownSettingWarning, built_from_settings, gate_config
 from .settings import GateConfig
 
-__all__ = ["GateConfig", "UnknownSettingWarning", "config_for", "gate_config"]
+__all__ = ["GateConfig", "UnknownSettingWarning", "built_from_settings", "gate_config"]

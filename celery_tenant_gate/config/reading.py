@@ -6,7 +6,7 @@ it was read. No I/O, no Celery import: ``app.conf`` is used as a mapping.
 A setting changed in ``app.conf`` after it was read is never silently ignored: each
 call of :func:`gate_config` reads ``app.conf`` again; while nothing was built from the
 config, the change takes effect; once something was (the gate, the webhook receiver,
-see :func:`config_for`), it raises :class:`ConfigError` naming the changed keys.
+see :func:`built_from_settings`), it raises :class:`ConfigError` naming the changed keys.
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ from __future__ import annotations
 import threading
 import warnings
 from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -112,7 +111,7 @@ def gate_config(app: Any) -> GateConfig:
 
     Each call reads ``app.conf`` again (call it where settings are taken, not per task)
     and compares. A changed setting takes effect while nothing was built from the
-    config; once something was (:func:`config_for`), it raises :class:`ConfigError`
+    config; once something was (:func:`built_from_settings`), it raises :class:`ConfigError`
     naming each changed key. A bad value raises :class:`ConfigError` naming the key.
     """
     with _lock:
@@ -136,17 +135,14 @@ def gate_config(app: Any) -> GateConfig:
         return config
 
 
-@contextmanager
-def config_for(app: Any, user: str) -> Iterator[GateConfig]:
-    """``with config_for(app, "the gate") as config:`` build *user* from
-    :func:`gate_config`. Once the block ends without an exception, a later change of a
-    setting raises :class:`ConfigError` instead of taking effect."""
-    config = gate_config(app)
-    yield config
+def built_from_settings(app: Any, what: str) -> None:
+    """Say that *what* (e.g. ``"the gate"``) was just built from :func:`gate_config`:
+    from now on a changed setting raises :class:`ConfigError` instead of taking
+    effect. Call it once *what* is built (not when building it failed)."""
     with _lock:
         users = _reading_of(app).users
-        if user not in users:
-            users.append(user)
+        if what not in users:
+            users.append(what)
 
 
 def _changed_keys(old: GateConfig, new: GateConfig) -> list[str]:

@@ -16,7 +16,7 @@ from typing import Any
 
 import redis
 
-from celery_tenant_gate.config.reading import config_for, gate_config
+from celery_tenant_gate.config.reading import built_from_settings, gate_config
 from celery_tenant_gate.config.settings import CONTROL_TASK, PREFIX, GateConfig
 from celery_tenant_gate.io import metrics
 from celery_tenant_gate.io.broker.redis_control import (
@@ -47,13 +47,14 @@ def receiver_for(app: Any) -> WebhookReceiver:
     with _lock:
         receiver: WebhookReceiver | None = getattr(app, "_tenant_gate_receiver", None)
         if receiver is None:
-            with config_for(app, "the webhook receiver") as config:
-                if config.metrics:
-                    metrics.enable()  # answers are counted by status
-                receiver = _make_receiver(app, config)
+            config = gate_config(app)
+            if config.metrics:
+                metrics.enable()  # answers are counted by status
+            receiver = _make_receiver(app, config)
+            built_from_settings(app, "the webhook receiver")
             app._tenant_gate_receiver = receiver
         else:
-            gate_config(app)  # a setting changed since raises ConfigError
+            gate_config(app)  # a setting changed since it was built raises ConfigError
         return receiver
 
 
