@@ -10,7 +10,7 @@ from urllib.parse import urlsplit
 
 import redis
 
-from celery_tenant_gate.config.settings import gate_config
+from celery_tenant_gate.config.reading import built_from_settings, gate_config
 from celery_tenant_gate.gate.gate import Gate
 from celery_tenant_gate.gate.lookup import TenantStates
 from celery_tenant_gate.io import metrics
@@ -49,7 +49,9 @@ def _make_states(app: Any) -> TenantStates:
     config = gate_config(app)
     if config.metrics:
         metrics.enable()  # State API calls are counted from now on
-    return TenantStates.from_config(config)
+    states = TenantStates.from_config(config)
+    built_from_settings(app, "the tenant look-up")
+    return states
 
 
 def gate_for(app: Any) -> Gate:
@@ -68,6 +70,7 @@ def _make_gate(app: Any) -> Gate:
         DeadLetters(states.store.client, config.key_prefix, config.dead_letter_max),
     )
     watch(gate)
+    built_from_settings(app, "the gate")
     return gate
 
 

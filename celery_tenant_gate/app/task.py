@@ -23,6 +23,7 @@ from typing import Any, TypeVar
 from celery import Task, current_app
 from celery.exceptions import Ignore, Reject
 
+from celery_tenant_gate.config.reading import built_from_settings
 from celery_tenant_gate.model.carrier import (
     HEADER,
     choose_tenant,
@@ -147,6 +148,7 @@ def _pattern_of(app: Any) -> Any:
     pattern = getattr(app, "_tenant_gate_pattern", None)
     if pattern is None:
         pattern = compile_pattern(gate_config(app).tenant_id_pattern)
+        built_from_settings(app, "the tenant check of tenant tasks")
         app._tenant_gate_pattern = pattern
     return pattern
 

@@ -16,7 +16,8 @@ from typing import Any
 
 import redis
 
-from celery_tenant_gate.config.settings import CONTROL_TASK, PREFIX, GateConfig, gate_config
+from celery_tenant_gate.config.reading import built_from_settings, gate_config
+from celery_tenant_gate.config.settings import CONTROL_TASK, PREFIX, GateConfig
 from celery_tenant_gate.io import metrics
 from celery_tenant_gate.io.broker.amqp_queues import is_amqp
 from celery_tenant_gate.io.broker.redis_control import (
@@ -51,7 +52,10 @@ def receiver_for(app: Any) -> WebhookReceiver:
             if config.metrics:
                 metrics.enable()  # answers are counted by status
             receiver = _make_receiver(app, config)
+            built_from_settings(app, "the webhook receiver")
             app._tenant_gate_receiver = receiver
+        else:
+            gate_config(app)  # a setting changed since it was built raises ConfigError
         return receiver
 
 

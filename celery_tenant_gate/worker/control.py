@@ -13,7 +13,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
-from celery_tenant_gate.config.settings import CONTROL_TASK, gate_config
+from celery_tenant_gate.config.reading import gate_config
+from celery_tenant_gate.config.settings import CONTROL_TASK
 from celery_tenant_gate.gate import signals
 from celery_tenant_gate.gate.gate import Gate
 from celery_tenant_gate.model.ids import compile_pattern, validate_tenant_id
