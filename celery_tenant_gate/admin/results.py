@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TypeAlias
 
-from celery_tenant_gate.gate.gate import TenantStatus
+from celery_tenant_gate.gate.controls import TenantStatus
 from celery_tenant_gate.model.held import HeldMessage
 from celery_tenant_gate.model.record import TenantRecord
 from celery_tenant_gate.model.verdicts import Verdict
