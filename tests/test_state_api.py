@@ -315,9 +315,12 @@ def test_a_trial_that_succeeds_closes_the_circuit_one_that_fails_reopens_it(
     with pytest.raises(CircuitOpen):
         client.get("Cust1")
     clock.now += 1
-    assert client.get("Cust1").running  # the trial succeeds: closed
+    assert client.get("Cust1").running  # the trial succeeds: closed, the count reset
+    superoffice.script("Cust1", Reply(status=500))
+    with pytest.raises(StateAPIUnavailable, match="HTTP 500"):
+        client.get("Cust1")  # one failure of two
     assert client.get("Cust1").running
-    assert superoffice.calls("Cust1") == 5
+    assert superoffice.calls("Cust1") == 6
 
 
 class GatedSession(requests.Session):
