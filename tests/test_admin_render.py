@@ -20,7 +20,7 @@ from celery_tenant_gate.admin.results import (
     ResumeResult,
     StatusResult,
 )
-from celery_tenant_gate.gate.gate import TenantStatus
+from celery_tenant_gate.gate.controls import TenantStatus
 from celery_tenant_gate.model.held import HeldMessage
 from celery_tenant_gate.model.record import Source, TenantRecord
 from celery_tenant_gate.model.states import State, TenantState

@@ -51,6 +51,40 @@ def test_threshold_zero_never_opens() -> None:
     assert breaker.allow()
 
 
+def test_it_says_once_that_a_failure_opened_it() -> None:
+    breaker = CircuitBreaker(2, 30.0, clock=Clock())
+    assert [breaker.record_failure() for _ in range(4)] == [False, True, False, False]
+
+
+def test_a_hold_refuses_every_call_until_its_moment_even_with_threshold_zero() -> None:
+    clock = Clock()
+    breaker = CircuitBreaker(0, 30.0, clock=clock)
+    breaker.hold(12.0)
+    assert not breaker.is_open  # a hold is no count of failures
+    assert not breaker.allow()
+    assert breaker.retry_in() == 12.0 == breaker.held_for()
+    breaker.hold(5.0)  # a shorter hold does not shorten the longer one
+    breaker.record_success()  # nor does a call that began before the hold
+    clock.now = 11.9
+    assert not breaker.allow()
+    clock.now = 12.0
+    assert breaker.allow() and breaker.allow()
+    assert breaker.retry_in() == 0.0 == breaker.held_for()
+
+
+def test_a_hold_delays_the_trial_of_an_open_circuit() -> None:
+    clock = Clock()
+    breaker = CircuitBreaker(1, 30.0, clock=clock)
+    breaker.record_failure()
+    breaker.hold(45.0)
+    assert breaker.retry_in() == 45.0
+    clock.now = 44.0  # the reset timeout has passed, the hold has not
+    assert not breaker.allow()
+    clock.now = 45.0
+    assert breaker.allow()  # the one trial
+    assert not breaker.allow()
+
+
 def test_a_forked_child_is_not_stuck_behind_the_parents_trial_or_lock(states: Any) -> None:
     # A prefork child is forked while another thread of the parent is in the middle
     # of a trial call, holding the breaker's lock: in the child that thread does not

@@ -276,7 +276,8 @@ def test_check_asks_the_state_api_now_and_says_what_the_gate_decides(
     assert record is not None and record.state is not None
     assert record.state.state.api_name == "OfflineMaintenance"  # stored for the workers
 
-    clean_failure(unknown, 2, "unknown tenant Cust404", "State API", "404")
+    # SuperOffice answers State Unknown for a tenant it does not know: a 404 is a wrong URL.
+    clean_failure(unknown, 3, "HTTP 404", "/api/state/Cust404", "tenant_gate_state_api_url")
     clean_failure(down, 3, "State API, tenant Cust14", "connection failed")
 
 

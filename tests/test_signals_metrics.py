@@ -366,13 +366,14 @@ def test_state_api_requests_errors_and_latency_are_measured(
 ) -> None:
     superoffice.set_state("Cust1", "Running")
     superoffice.script("Cust2", Reply(status=503), Reply(status=503))
+    superoffice.script("Cust3", Reply(status=404))
     client = StateClient(superoffice.state_api_url, retries=1, backoff=0.01)
     before = scrape(served_metrics)
     assert client.get("Cust1").running
     with pytest.raises(Exception, match="HTTP 503"):
         client.get("Cust2")  # two requests: one retry
-    with pytest.raises(Exception, match="does not know"):
-        client.get("Cust404")
+    with pytest.raises(Exception, match="HTTP 404"):
+        client.get("Cust3")
     after = scrape(served_metrics)
 
     def delta(name: str, **labels: str) -> float:
@@ -381,7 +382,7 @@ def test_state_api_requests_errors_and_latency_are_measured(
     assert delta("tenant_gate_state_api_requests_total") == 4 == superoffice.calls()
     assert delta("tenant_gate_state_api_seconds_count") == 4
     assert delta("tenant_gate_state_api_errors_total", error="StateAPIUnavailable") == 2
-    assert delta("tenant_gate_state_api_errors_total", error="TenantNotFound") == 1
+    assert delta("tenant_gate_state_api_errors_total", error="StateAPINotFound") == 1
 
 
 def test_webhook_answers_are_counted_by_status(

@@ -17,7 +17,6 @@ from celery_tenant_gate.model.errors import (
     InvalidTenantId,
     StateAPIError,
     TenantGateError,
-    TenantNotFound,
 )
 
 __all__ = [
@@ -39,7 +38,8 @@ EXIT_OK = 0
 #: confirmation not given. Nothing was changed.
 EXIT_USAGE = 1
 #: Unknown tenant: the shared store has no record of it and it has no held or dropped
-#: task; for ``check``, the State API does not know it (404).
+#: task. (Not from ``check``: the State API answers State Unknown for a tenant it does
+#: not know, and its 404 means a wrong URL or an outage: :data:`EXIT_UNAVAILABLE`.)
 EXIT_NOT_FOUND = 2
 #: Redis, the broker or the State API could not be reached or gave no usable answer.
 EXIT_UNAVAILABLE = 3
@@ -92,10 +92,6 @@ def failures(redis_url: Callable[[], str], broker_url: Callable[[], str]) -> Ite
         yield
     except (InvalidTenantId, ConfigError) as exc:
         raise AdminError(str(exc)) from None
-    except TenantNotFound as exc:
-        raise UnknownTenant(
-            f"unknown tenant {exc.context_id}: the State API does not know it (404)"
-        ) from None
     except StateAPIError as exc:
         raise Unavailable(str(exc)) from None
     except TimeoutError as exc:  # a socket, or another process moving the held tasks

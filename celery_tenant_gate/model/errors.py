@@ -27,14 +27,11 @@ class StateAPIError(TenantGateError):
         self.context_id = context_id
 
 
-class TenantNotFound(StateAPIError):
-    """The State API answered 404: it does not know the tenant."""
-
-
 class StateAPIUnavailable(StateAPIError):
     """The State API could not be reached, timed out, or answered 5xx/429.
 
-    ``retry_after`` is the number of seconds the server asked us to wait, if it said.
+    ``retry_after`` is the number of seconds the server asked us to wait
+    (``Retry-After``, cut to the client's maximum), if it said.
     """
 
     def __init__(self, context_id: str, message: str, retry_after: float | None = None) -> None:
@@ -43,11 +40,32 @@ class StateAPIUnavailable(StateAPIError):
 
 
 class StateAPIStatusError(StateAPIError):
-    """The State API answered an unexpected HTTP status (other than 404, 429, 5xx)."""
+    """The State API answered an HTTP status it never answers when healthy (neither 200
+    nor 429 nor 5xx): its URL (named) is wrong, or something in between is broken."""
 
-    def __init__(self, context_id: str, status: int) -> None:
-        super().__init__(context_id, f"unexpected HTTP status {status}")
+    def __init__(self, context_id: str, status: int, url: str, message: str = "") -> None:
+        super().__init__(context_id, message or f"unexpected HTTP status {status} from {url}")
         self.status = status
+        self.url = url
+
+
+class StateAPINotFound(StateAPIStatusError):
+    """The State API answered 404.
+
+    SuperOffice answers 200 with ``"State": "Unknown"`` for a tenant it does not know,
+    so a 404 is no answer about the tenant: the URL is wrong (``tenant_gate_state_api_url``,
+    or ``tenant_gate_environment`` which makes the default one) or the API is out of order.
+    """
+
+    def __init__(self, context_id: str, url: str) -> None:
+        super().__init__(
+            context_id,
+            404,
+            url,
+            f"HTTP 404 from {url}: SuperOffice answers an unknown tenant with 200 and "
+            "State Unknown, so the URL is probably wrong (check tenant_gate_state_api_url, "
+            "or tenant_gate_environment which makes the default URL) or the API is down",
+        )
 
 
 class StateAPIResponseError(StateAPIError):
@@ -55,8 +73,16 @@ class StateAPIResponseError(StateAPIError):
 
 
 class TenantMismatch(StateAPIResponseError):
-    """The answer is about another tenant than the one asked for."""
+    """The answer is about another tenant than the one asked for.
+
+    SuperOffice answers with the document of the tenant in the URL; another tenant's
+    document means that something between us and it (a proxy or a cache keyed on the
+    wrong thing, a request routed to the wrong place) is broken, and every answer that
+    passes through it is suspect. So it counts against the circuit breaker like any
+    other garbage, and is never taken as a state.
+    """
 
 
 class CircuitOpen(StateAPIUnavailable):
-    """Recent calls to the State API failed; calls are refused until it cools down."""
+    """Recent calls to the State API failed, or it asked to be left alone for a while
+    (``Retry-After``): calls are refused, before any request, until ``retry_after``."""

@@ -1,2 +1,2 @@
-"""SuperOffice's side: the State API client, its circuit breaker, the notification token
-verifier."""
+"""SuperOffice's side: the State API client (and the reading of its answers), its circuit
+breaker, the notification token verifier."""

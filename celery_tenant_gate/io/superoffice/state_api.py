@@ -1,16 +1,36 @@
-"""A client for SuperOffice's State API (``GET {base}/{ContextIdentifier}``)."""
+"""A client for SuperOffice's State API (``GET {base}/{ContextIdentifier}``).
+
+Every failed call counts against the process's :class:`CircuitBreaker`, whatever the
+failure: SuperOffice answers 200 for any tenant (``"State": "Unknown"`` for one it
+does not know), so no failure is about the tenant; each says the API, or the way to
+it, is not healthy. A ``Retry-After`` (on a 429 or a 5xx) holds every call of the
+process until that moment.
+
+The retries are a loop of our own, not urllib3's ``Retry`` on the adapter
+(``status_forcelist``, ``backoff_factor``, ``respect_retry_after_header``), because
+urllib3 retries inside one ``session.get``:
+
+- it sleeps with ``time.sleep`` itself: the tests could inject no sleep without
+  subclassing ``Retry`` and overriding its private sleep methods;
+- the requests in between are invisible here: no latency and error metric per
+  request, no log line per retry (urllib3 logs at DEBUG);
+- between two attempts it cannot ask the breaker whether another thread was told
+  ``Retry-After`` meanwhile (the hold is for the whole process);
+- a ``Retry-After`` longer than a worker may wait is slept (up to its
+  ``retry_after_max``), where this client gives up at once and leaves the wait to
+  the breaker's hold;
+- urllib3 2 does not wait before the first retry (``backoff_factor * 2 ** (n - 1)``,
+  0 for the first); this client waits *backoff*, then doubles it;
+- a body cut short fails while we read it (streamed, to cap its size), after urllib3
+  has returned: a loop of ours would be needed for it anyway.
+"""
 
 from __future__ import annotations
 
-import json
 import logging
-import re
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import replace
-from email.utils import parsedate_to_datetime
-from typing import Any
 from urllib.parse import quote
 
 import requests
@@ -22,22 +42,24 @@ from celery_tenant_gate.io.metrics import metrics
 from celery_tenant_gate.model.errors import (
     CircuitOpen,
     StateAPIError,
-    StateAPIResponseError,
+    StateAPINotFound,
     StateAPIStatusError,
     StateAPIUnavailable,
-    TenantMismatch,
-    TenantNotFound,
 )
 from celery_tenant_gate.model.ids import compile_pattern, validate_tenant_id
-from celery_tenant_gate.model.states import StateDocumentError, TenantState, parse_state_document
+from celery_tenant_gate.model.states import TenantState
 
+from .answers import parse_answer, read_body, retry_after_seconds
 from .circuit import CircuitBreaker
 
 logger = logging.getLogger(__name__)
 
 _RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
-#: A State API document is a few hundred bytes; refuse to read megabytes of garbage.
-MAX_BODY_BYTES = 64 * 1024
+#: The longest a ``Retry-After`` holds the calls of a process (seconds); a longer one
+#: (a bogus header, a date far ahead) is cut to this, so that a broken proxy cannot
+#: stop every look-up for hours. Tenants known keep their state meanwhile, within
+#: ``tenant_gate_grace_period``.
+MAX_RETRY_AFTER = 300.0
 
 
 class StateClient:
@@ -45,8 +67,10 @@ class StateClient:
 
     One pooled ``requests`` session, shared by the threads of a process. Retries
     connection errors, timeouts, 5xx and 429 with exponential backoff, honouring
-    ``Retry-After`` up to *backoff_max*; every other failure is a specific
-    :class:`~celery_tenant_gate.errors.StateAPIError`, never a wrong state.
+    ``Retry-After`` up to *backoff_max* within a call; a longer one fails the call,
+    and the *breaker* refuses every call until then (cut to *retry_after_max*). Every
+    other failure is a specific :class:`~celery_tenant_gate.model.errors.StateAPIError`,
+    never a wrong state; each failed call counts against the *breaker*.
 
     >>> client = StateClient("https://online.superoffice.com/api/state")
     >>> client.get("Cust12345").running  # doctest: +SKIP
@@ -62,6 +86,7 @@ class StateClient:
         retries: int = 2,
         backoff: float = 0.5,
         backoff_max: float = 10.0,
+        retry_after_max: float = MAX_RETRY_AFTER,
         tenant_id_pattern: str | None = None,
         breaker: CircuitBreaker | None = None,
         session: requests.Session | None = None,
@@ -72,6 +97,7 @@ class StateClient:
         self.retries = retries
         self.backoff = backoff
         self.backoff_max = backoff_max
+        self.retry_after_max = retry_after_max
         self.breaker = breaker
         self._pattern = compile_pattern(tenant_id_pattern) if tenant_id_pattern else None
         self._session = session
@@ -119,24 +145,35 @@ class StateClient:
     def get(self, context_id: str) -> TenantState:
         """The tenant's current state.
 
-        Raises :class:`~celery_tenant_gate.errors.InvalidTenantId` before any call for
-        a malformed id, and a :class:`~celery_tenant_gate.errors.StateAPIError`
-        subclass when no valid answer could be had.
+        Raises :class:`~celery_tenant_gate.model.errors.InvalidTenantId` before any call
+        for a malformed id, :class:`~celery_tenant_gate.model.errors.CircuitOpen` before
+        any call while the breaker refuses, and another
+        :class:`~celery_tenant_gate.model.errors.StateAPIError` when no valid answer
+        could be had.
         """
         url = self.url_for(context_id)
         breaker = self.breaker
         if breaker is not None and not breaker.allow():
             metrics().state_api_refused(CircuitOpen.__name__)
-            raise CircuitOpen(
-                context_id,
-                f"circuit open after repeated failures; next try in {breaker.retry_in():.1f}s",
-                retry_after=breaker.retry_in(),
+            wait = breaker.retry_in()
+            held = breaker.held_for()
+            why = (
+                f"the State API asked (Retry-After) not to be called for {held:.1f}s more"
+                if held
+                else f"circuit open after repeated failures; next try in {wait:.1f}s"
             )
+            raise CircuitOpen(context_id, why, retry_after=wait)
         try:
             state = self._get_with_retries(context_id, url)
-        except StateAPIUnavailable:
-            if breaker is not None:
-                breaker.record_failure()
+        except StateAPIError as exc:
+            if breaker is not None and breaker.record_failure():
+                logger.warning(
+                    "tenant-gate: State API failed %d times in a row (last: %s); no call "
+                    "from this process for %.0fs",
+                    breaker.threshold,
+                    exc,
+                    breaker.retry_in(),
+                )
             raise
         if breaker is not None:
             breaker.record_success()
@@ -151,6 +188,8 @@ class StateClient:
                 delay = self.backoff * (2**attempt)
                 if exc.retry_after is not None:
                     delay = exc.retry_after
+                if self.breaker is not None:  # a Retry-After another thread was told
+                    delay = max(delay, self.breaker.held_for())
                 if attempt >= self.retries or delay > self.backoff_max:
                     raise
                 logger.info(
@@ -184,70 +223,31 @@ class StateClient:
             raise StateAPIUnavailable(context_id, f"connection failed ({exc})") from exc
         with response:
             status = response.status_code
-            if status == 404:
-                raise TenantNotFound(context_id, "the State API does not know this tenant")
             if status in _RETRY_STATUSES:
-                raise StateAPIUnavailable(
-                    context_id,
-                    f"HTTP {status}",
-                    retry_after=_retry_after(response.headers.get("Retry-After")),
-                )
+                raise self._unavailable(context_id, status, response.headers.get("Retry-After"))
+            if status == 404:
+                raise StateAPINotFound(context_id, url)
             if status != 200:
-                raise StateAPIStatusError(context_id, status)
-            body = _read_limited(context_id, response)
-        return _parse(context_id, body)
+                raise StateAPIStatusError(context_id, status, url)
+            body = read_body(context_id, response)
+        return parse_answer(context_id, body)
 
-
-def _read_limited(context_id: str, response: requests.Response) -> bytes:
-    chunks: list[bytes] = []
-    size = 0
-    try:
-        for chunk in response.iter_content(8192):
-            size += len(chunk)
-            if size > MAX_BODY_BYTES:
-                raise StateAPIResponseError(
-                    context_id, f"answer larger than {MAX_BODY_BYTES} bytes"
-                )
-            chunks.append(chunk)
-    except requests.RequestException as exc:
-        raise StateAPIUnavailable(context_id, f"answer cut short ({exc})") from exc
-    return b"".join(chunks)
-
-
-def _parse(context_id: str, body: bytes) -> TenantState:
-    try:
-        data: Any = json.loads(body)
-    except ValueError:
-        preview = body[:60].decode("utf-8", "replace")
-        raise StateAPIResponseError(
-            context_id, f"answer is not JSON (starts with {preview!r})"
-        ) from None
-    try:
-        state = parse_state_document(data)
-    except StateDocumentError as exc:
-        raise StateAPIResponseError(context_id, f"answer has the wrong shape: {exc}") from None
-    if state.context_id.casefold() != context_id.casefold():
-        raise TenantMismatch(
-            context_id, f"answer is about tenant {state.context_id!r}, not {context_id!r}"
+    def _unavailable(self, context_id: str, status: int, header: str | None) -> StateAPIUnavailable:
+        """The error for a 429 or 5xx; a ``Retry-After`` holds every call from now."""
+        retry_after = retry_after_seconds(header)
+        if retry_after is None:
+            return StateAPIUnavailable(context_id, f"HTTP {status}")
+        if retry_after > self.retry_after_max:
+            logger.warning(
+                "tenant-gate: the State API asked to wait %.0fs (Retry-After: %s); waiting "
+                "%.0fs, the most this client waits",
+                retry_after,
+                header,
+                self.retry_after_max,
+            )
+            retry_after = self.retry_after_max
+        if self.breaker is not None and retry_after > 0:
+            self.breaker.hold(retry_after)
+        return StateAPIUnavailable(
+            context_id, f"HTTP {status}, Retry-After {retry_after:.1f}s", retry_after=retry_after
         )
-    # Keep the id as we asked for it: it names our queues and keys.
-    if state.context_id != context_id:
-        state = replace(state, context_id=context_id)
-    return state
-
-
-_DIGITS = re.compile(r"\d+(\.\d+)?")
-
-
-def _retry_after(value: str | None) -> float | None:
-    """Seconds from a ``Retry-After`` header (seconds or an HTTP date)."""
-    if not value:
-        return None
-    value = value.strip()
-    if _DIGITS.fullmatch(value):
-        return float(value)
-    try:
-        when = parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, when.timestamp() - time.time())
