@@ -4,6 +4,8 @@ it began, and a message whose route cannot be trusted is dead-lettered, not foll
 from __future__ import annotations
 
 import json
+import time
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -225,3 +227,31 @@ def test_the_gate_dead_letters_a_held_task_routed_to_its_own_held_queue(gate_app
         "looping",
         f"not released: tenant_gate_route leads back to its own held queue {tenant.queue}",
     )
+
+
+def test_the_move_lock_lives_as_long_as_a_release_that_outlasts_its_timeout(
+    gate_app: Any,
+) -> None:
+    from celery_tenant_gate import gate_for, signals
+
+    gate = gate_for(gate_app)
+    gate.config = replace(gate.config, lock_timeout=0.3)
+    tenant = _tenant_of(gate)
+    for n in range(3):
+        tenant.hold(f"t{n}")
+    store = gate.states.store
+    lock = store.lock_key("_move.Cust1")
+    seen: list[bytes | None] = []
+
+    def slow(sender: str, **kwargs: Any) -> None:
+        if not seen:
+            time.sleep(1.0)  # more than three times the lock's timeout (0.3 s)
+            seen.append(store.client.get(lock))
+
+    signals.task_released.connect(slow)
+    try:
+        assert gate.release("Cust1") == 3
+    finally:
+        signals.task_released.disconnect(slow)
+    assert seen[0] is not None  # still held: renewed while the release ran
+    assert not store.client.exists(lock)  # and let go at the end

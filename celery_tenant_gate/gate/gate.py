@@ -22,6 +22,7 @@ from celery_tenant_gate.io.broker.holding import (
     hold_request,
 )
 from celery_tenant_gate.io.store.deadletters import INVALID_TENANT, DeadLetter, DeadLetters
+from celery_tenant_gate.io.store.lease import renewed
 from celery_tenant_gate.model.carrier import (
     tenant_from_call,
     tenant_from_headers,
@@ -310,7 +311,9 @@ class Gate:
         # Only when someone listens: naming every released task costs a little time.
         listening = self.hooks or signals.task_released.receivers
         told = functools.partial(self._released, ctx) if listening else None
-        with self._moving(ctx):
+        lock = self._moving(ctx)
+        # A release of millions of tasks outlives the lock's timeout: renewed meanwhile.
+        with lock, renewed(self.states.store, lock.key, lock.token, lock.timeout):
             moved = self.held_queues.release(queue, marker=uuid.uuid4().hex, on_moved=told)
             # Kept in the held set for a while: a released message that the broker
             # requeues (a worker restarted or killed before acking it) goes back to
