@@ -14,7 +14,7 @@ import redis
 from celery_tenant_gate.io.broker.redis_held import SEP, RedisHeldQueues
 from celery_tenant_gate.io.broker.redis_release import unfinished_key
 from celery_tenant_gate.io.store.deadletters import DeadLetters
-from celery_tenant_gate.model.held import TaskRef
+from celery_tenant_gate.model.held import HeldMessage, TaskRef
 from celery_tenant_gate.testing import FakeSuperOffice
 
 pytestmark = pytest.mark.timeout(60)  # a release that does not end fails, never hangs
@@ -195,42 +195,27 @@ def test_a_release_during_which_its_tasks_are_held_again_ends(tenant: Tenant) ->
     assert tenant.taken(tenant.queue) == [f"t{n}" for n in range(300)]  # for the next one
 
 
-def test_holding_keeps_the_route_the_broker_delivered_from() -> None:
-    from celery_tenant_gate.io.broker.holding import RELEASE_EXCHANGE, held_headers
+def test_peek_and_purge_take_what_is_no_kombu_message_and_only_what_waited(
+    tenant: Tenant,
+) -> None:
+    tenant.hold("t0")
+    tenant.hold_raw(b"\xff not a kombu message")
+    tenant.hold("t1")
+    queues = tenant.queues()
+    assert [m.task_id for m in queues.peek(tenant.queue)] == ["t0", "", "t1"]
+    got: list[HeldMessage] = []
 
-    queue = "tenant.Cust1"
-    forged = {"tenant_gate_route": {"exchange": "", "routing_key": queue}}
-    # A producer's own route header: replaced by where the message really came from.
-    headers = held_headers(forged, {"exchange": "", "routing_key": "work"}, queue)
-    assert headers["tenant_gate_route"] == {"exchange": "", "routing_key": "work"}
-    assert headers["tenant_gate_held"] == 1
-    # Back from the tenant queue (a release on Redis moves it as stored; on RabbitMQ
-    # through the release exchange): the route of its first hold stays.
-    first = {"tenant_gate_route": {"exchange": "celery", "routing_key": "work"}}
-    for info in ({"exchange": "", "routing_key": queue}, {"exchange": RELEASE_EXCHANGE}):
-        assert held_headers(first, info, queue)["tenant_gate_route"] == first["tenant_gate_route"]
-    # The broker said nothing: no route, so a release sends it to the default queue.
-    assert "tenant_gate_route" not in held_headers(forged, {}, queue)
+    def sink(batch: list[HeldMessage]) -> None:
+        got.extend(batch)
+        tenant.hold(f"late{len(got)}")  # held while the purge runs: left for the next
 
-
-def test_a_retry_takes_the_route_back_only_from_a_held_message_with_a_usable_one() -> None:
-    from celery_tenant_gate.io.broker.holding import restore_route
-
-    came = {"exchange": "", "routing_key": "tenant.Cust1"}
-    for headers in (
-        {"tenant_gate_route": {"exchange": "", "routing_key": "elsewhere"}},  # never held
-        {"tenant_gate_held": 1, "tenant_gate_route": "garbage"},
-        {"tenant_gate_held": 1, "tenant_gate_route": {"exchange": 1, "routing_key": "w"}},
-        {"tenant_gate_held": 1, "tenant_gate_route": {"exchange": "", "routing_key": "w\x06"}},
-    ):
-        info = dict(came)
-        restore_route(headers, info)
-        assert info == came, headers
-    info = dict(came)
-    restore_route(
-        {"tenant_gate_held": 2, "tenant_gate_route": {"exchange": "", "routing_key": "w"}}, info
-    )
-    assert info == {"exchange": "", "routing_key": "w"}
+    assert queues.drain(tenant.queue, sink, batch=2) == 3
+    assert [(m.task_id, m.body) for m in got] == [
+        ("t0", b""),
+        ("", b"\xff not a kombu message"),
+        ("t1", b""),
+    ]
+    assert tenant.taken(tenant.queue) == ["late2", "late3"]
 
 
 # -- through the gate (a Redis broker; no worker needed: released tasks wait) -----------

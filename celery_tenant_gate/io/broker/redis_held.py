@@ -83,6 +83,21 @@ def _letter(ctx: str, entry: bytes, at: float) -> DeadLetter:
     )
 
 
+def _oldest(client: redis.Redis, key: str, count: int) -> list[bytes]:
+    """The oldest *count* messages of the list *key* (fewer if it is shorter), oldest
+    first. By index from the tail, pipelined: LRANGE with negative indexes walks a long
+    list from its head (Redis 7.0), milliseconds for a million held tasks."""
+    pipe = client.pipeline(transaction=False)
+    for index in range(1, count + 1):
+        pipe.lindex(key, -index)
+    found: list[bytes] = []
+    for raw in pipe.execute():
+        if raw is None:
+            break
+        found.append(raw)
+    return found
+
+
 def _loose(raw: bytes) -> HeldMessage:
     """*raw* as a :class:`HeldMessage`; the bytes as they are if it is not a kombu
     envelope (a rejected message may be anything)."""
@@ -138,8 +153,7 @@ class RedisHeldQueues:
         for key in _keys(queue):
             if len(found) >= limit:
                 break
-            raw: list[Any] = self.client.lrange(key, -(limit - len(found)), -1)
-            found.extend(decode(item) for item in reversed(raw))
+            found.extend(_loose(raw) for raw in _oldest(self.client, key, limit - len(found)))
         return found
 
     def release(self, queue: str, *, marker: str = "", on_moved: OnMoved | None = None) -> int:
@@ -179,12 +193,12 @@ class RedisHeldQueues:
         found = self._tenant_of.fullmatch(queue)
         ctx = found["ctx"] if found else queue
         while waiting > 0:
-            raw: list[Any] = self.client.lrange(key, -min(batch, waiting), -1)
+            raw = _oldest(self.client, key, min(batch, waiting))
             if not raw:
                 break
             now = time.time()
             try:
-                self.dead_letters.record(ctx, [_letter(ctx, it, now) for it in reversed(raw)])
+                self.dead_letters.record(ctx, [_letter(ctx, item, now) for item in raw])
             except redis.RedisError:
                 # They stay in the rejects list: the next release hands them over.
                 logger.exception("tenant-gate: could not dead-letter messages of %s", queue)
@@ -193,15 +207,19 @@ class RedisHeldQueues:
             waiting -= len(raw)
 
     def drain(self, queue: str, sink: Callable[[list[HeldMessage]], None], batch: int = 500) -> int:
+        """Hand what *queue* holds now to *sink*, a batch at a time, each batch removed
+        once *sink* returned; messages held meanwhile wait for the next drain."""
         total = 0
         for key in _keys(queue):
-            while True:
-                raw: list[Any] = self.client.lrange(key, -batch, -1)
+            waiting: int = self.client.llen(key)
+            while waiting > 0:
+                raw = _oldest(self.client, key, min(batch, waiting))
                 if not raw:
                     break
-                sink([decode(item) for item in reversed(raw)])
+                sink([_loose(item) for item in raw])
                 # Remove exactly the ones handed over (from the old end; new ones
                 # may have been pushed at the other end meanwhile).
                 self.client.ltrim(key, 0, -(len(raw) + 1))
                 total += len(raw)
+                waiting -= len(raw)
         return total

@@ -51,20 +51,16 @@ local function list_of(base, step)
     return base .. sep .. step
 end
 
--- Read: up to `want` of the oldest messages of a list, oldest first.
+-- Read: up to `want` of the oldest messages of a list, oldest first. LINDEX from the
+-- tail costs what it reads; LRANGE walks a long list from its head (Redis 7.0).
 local bytes, read, refused = 0, {}, false
 local function take(key, want)
     local items = {}
     while #items < want and bytes < max_bytes do
-        local got = #items
-        local n = math.min(128, want - got)
-        local batch = redis.call('LRANGE', key, -(got + n), -(got + 1))
-        for i = #batch, 1, -1 do
-            items[#items + 1] = batch[i]
-            bytes = bytes + #batch[i]
-            if bytes >= max_bytes then break end
-        end
-        if #batch < n then break end
+        local raw = redis.call('LINDEX', key, -(#items + 1))
+        if not raw then break end
+        items[#items + 1] = raw
+        bytes = bytes + #raw
     end
     return items
 end
