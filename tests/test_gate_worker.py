@@ -335,6 +335,42 @@ def test_a_task_keeps_its_priority_through_hold_and_release(
     assert {r["id"]: r["priority"] for r in ran} == sent
 
 
+@pytest.mark.parametrize("broker", ["redis"], indirect=True)
+def test_a_task_sent_routed_to_its_held_queue_is_released_where_it_came_from(
+    env: dict[str, str], harness: Harness, superoffice: FakeSuperOffice, redis_client: redis.Redis
+) -> None:
+    # Once a release that spun inside Redis for ever: a producer sets the route header
+    # itself, to the tenant's held queue. Holding keeps the route the broker delivered
+    # the task from, so it runs; one held with such a route (by an older version) is
+    # dead-lettered, with the reason, and the release goes on.
+    superoffice.set_state("Cust1", "Running")
+    app = _app(env)
+    gate = _gate(app)
+    work = app.tasks["gateapp.work"]
+    queue = gate.queue_for("Cust1")
+    gate.pause("Cust1", "by the test")
+    forged = {"tenant_gate_route": {"exchange": "", "routing_key": queue}}
+    sent = [work.apply_async(("Cust1", 0), headers=forged), work.delay("Cust1", 1)]
+    harness.worker("solo")
+    wait_until(lambda: gate.state("Cust1").held == 2, what="2 held")
+    stale = json.loads(redis_client.lindex(queue, 0))
+    stale["headers"].update(id="stale", **forged)
+    redis_client.lpush(queue, json.dumps(stale))
+    sent.append(work.delay("Cust1", 2))
+    wait_until(lambda: gate.state("Cust1").held == 4, what="4 held")
+
+    assert gate.resume("Cust1") == 3
+    ran = harness.wait_ran(3)
+    assert [r["id"] for r in ran] == [r.id for r in sent]
+    (letter,) = gate.dead.list("Cust1")
+    assert (letter.task_id, letter.reason) == (
+        "stale",
+        f"not released: tenant_gate_route leads back to its own held queue {queue}",
+    )
+    assert gate.state("Cust1").held == 0
+    assert len(harness.ran_now()) == 3
+
+
 def test_a_released_task_that_retries_goes_back_to_its_own_queue(
     env: dict[str, str], harness: Harness, superoffice: FakeSuperOffice
 ) -> None:

@@ -322,6 +322,7 @@ def test_a_redis_release_names_its_tasks_in_the_order_they_will_run(
     redis_client: redis.Redis, key_prefix: str
 ) -> None:
     from celery_tenant_gate.io.broker.redis_held import SEP, RedisHeldQueues
+    from celery_tenant_gate.io.store.deadletters import DeadLetters
     from celery_tenant_gate.model.held import TaskRef
 
     tenant, work = f"{key_prefix}:tenant", f"{key_prefix}:work"
@@ -334,20 +335,23 @@ def test_a_redis_release_names_its_tasks_in_the_order_they_will_run(
     for n in range(3):  # kombu publishes with LPUSH: the oldest is at the right
         held(f"a{n}")
         held(f"p{n}", priority="6")
-    redis_client.lpush(tenant, "not a kombu message")  # moved to the default queue
+    redis_client.lpush(tenant, "not a kombu message")  # dead-lettered, not moved
     told: list[list[TaskRef]] = []
-    queues = RedisHeldQueues(redis_client, default_queue=f"{key_prefix}:default")
-    assert queues.release(tenant, marker="m", on_moved=told.append) == 7
+    dead = DeadLetters(redis_client, key_prefix)
+    queues = RedisHeldQueues(redis_client, default_queue=f"{key_prefix}:default", dead_letters=dead)
+    assert queues.release(tenant, marker="m", on_moved=told.append) == 6
     assert told == [
         [TaskRef(f"a{n}", "t", work) for n in range(3)]
-        + [TaskRef("", "", f"{key_prefix}:default")]
         + [TaskRef(f"p{n}", "t", work) for n in range(3)]
     ]
     # ... and that is the order a worker takes them in (BRPOP, priority 0 first).
     taken = [redis_client.rpop(key) for key in (work, work, work)]
     assert [json.loads(raw)["headers"]["id"] for raw in taken] == ["a0", "a1", "a2"]
+    assert [letter.reason for letter in dead.list(tenant)] == [
+        "not released: not a kombu message (no JSON object with a headers object)"
+    ]
     assert queues.release(tenant, marker="m", on_moved=told.append) == 0
-    assert told[1] == []
+    assert len(told) == 1  # nothing moved: nothing told
 
 
 @pytest.fixture(scope="session")

@@ -80,7 +80,15 @@ def held_queues_for(app: Any) -> HeldQueues:
     scheme = urlsplit(url).scheme
     default_queue = app.conf.task_default_queue or "celery"
     if scheme in {"redis", "rediss"}:
-        return RedisHeldQueues(redis.Redis.from_url(url), default_queue)
+        config = gate_config(app)
+        # A message a release refuses (a route that leads nowhere sane) is dead-lettered.
+        store = tenant_states(app).store.client
+        return RedisHeldQueues(
+            redis.Redis.from_url(url),
+            default_queue,
+            queue_template=config.queue_template,
+            dead_letters=DeadLetters(store, config.key_prefix, config.dead_letter_max),
+        )
     if scheme in {"amqp", "amqps", "pyamqp"}:
         return AmqpHeldQueues(
             app.connection_for_write, dead_letter=gate_config(app).amqp_release_by_broker

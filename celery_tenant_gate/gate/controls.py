@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from celery_tenant_gate.config.settings import GateConfig
 from celery_tenant_gate.io.store.deadletters import DeadLetters
+from celery_tenant_gate.io.store.lease import renewed
 from celery_tenant_gate.model.held import HeldMessage, HeldQueues, TaskRef
 from celery_tenant_gate.model.ids import compile_pattern, validate_tenant_id
 from celery_tenant_gate.model.record import TenantRecord
@@ -106,7 +107,9 @@ class TenantControls:
         # Only when someone listens: naming every released task costs a little time.
         listening = self.hooks or signals.task_released.receivers
         told = functools.partial(self._released, ctx) if listening else None
-        with self._moving(ctx):
+        lock = self._moving(ctx)
+        # A release of millions of tasks outlives the lock's timeout: renewed meanwhile.
+        with lock, renewed(self.states.store, lock.key, lock.token, lock.timeout):
             moved = self.held_queues.release(queue, marker=uuid.uuid4().hex, on_moved=told)
             # Kept in the held set for a while: a released message that the broker
             # requeues (a worker restarted or killed before acking it) goes back to

@@ -30,7 +30,7 @@ from celery_tenant_gate.model.carrier import (
     ROUTE_HEADER,
 )
 
-from .amqp_queues import HOLD_EXCHANGE, dead_lettering_queue
+from .amqp_queues import HOLD_EXCHANGE, RELEASE_EXCHANGE, dead_lettering_queue
 
 _ANON = Exchange("")  # type: ignore[no-untyped-call]
 _RETRY_POLICY = {"max_retries": 3, "interval_start": 0.1, "interval_step": 0.2}
@@ -46,16 +46,46 @@ def tenant_queue(name: str, *, dead_letter: bool = False) -> Queue:
     )
 
 
+#: Longest exchange or routing key a route header may name (AMQP's limit for names).
+_LONGEST_NAME = 255
+
+
+def usable_route(value: Any) -> tuple[str, str] | None:
+    """*value* (a ``tenant_gate_route`` header read back from a message: untrusted) as
+    ``(exchange, routing_key)``, or None unless it is an object of two strings of at
+    most 255 characters, without control characters, not both empty."""
+    if not isinstance(value, dict):
+        return None
+    exchange, routing_key = value.get("exchange"), value.get("routing_key")
+    if not isinstance(exchange, str) or not isinstance(routing_key, str):
+        return None
+    if not (exchange or routing_key) or max(len(exchange), len(routing_key)) > _LONGEST_NAME:
+        return None
+    if any(ord(char) < 32 or ord(char) == 127 for char in exchange + routing_key):
+        return None
+    return exchange, routing_key
+
+
 def held_headers(
-    headers: dict[str, Any] | None, delivery_info: dict[str, Any] | None
+    headers: dict[str, Any] | None, delivery_info: dict[str, Any] | None, queue: str = ""
 ) -> dict[str, Any]:
-    """The headers of a message as it goes into a tenant queue."""
+    """The headers of a message as it goes into the tenant queue *queue*.
+
+    Its route (where a release sends it back) is where the broker delivered it from, not
+    a ``tenant_gate_route`` header a producer may have set. A message that came back
+    from a tenant queue keeps the route its first hold recorded: on Redis a release
+    moves it as stored, so its delivery info still names *queue*; on RabbitMQ it comes
+    through :data:`RELEASE_EXCHANGE`.
+    """
     result = dict(headers or {})
     info = delivery_info or {}
-    result.setdefault(
-        ROUTE_HEADER,
-        {"exchange": info.get("exchange") or "", "routing_key": info.get("routing_key") or ""},
-    )
+    exchange, routing_key = info.get("exchange") or "", info.get("routing_key") or ""
+    came_back = exchange == RELEASE_EXCHANGE or (not exchange and routing_key == queue)
+    if not (came_back and ROUTE_HEADER in result):
+        if exchange or routing_key:
+            result[ROUTE_HEADER] = {"exchange": exchange, "routing_key": routing_key}
+        else:  # the broker did not say: released to the default queue
+            result.pop(ROUTE_HEADER, None)
     result[HELD_COUNT_HEADER] = int(result.get(HELD_COUNT_HEADER) or 0) + 1
     result.setdefault(HELD_AT_HEADER, time.time())  # the first hold: the task waits since
     return result
@@ -63,11 +93,13 @@ def held_headers(
 
 def restore_route(headers: dict[str, Any] | None, delivery_info: dict[str, Any]) -> None:
     """Give a released message back the route it was published with (for ``retry()``:
-    on Redis the broker still says it came from the tenant queue)."""
-    route = (headers or {}).get(ROUTE_HEADER)
-    if isinstance(route, dict):
-        delivery_info["exchange"] = route.get("exchange", "")
-        delivery_info["routing_key"] = route.get("routing_key", "")
+    on Redis the broker still says it came from the tenant queue). Only a message that
+    was held, and only a usable route (see :func:`usable_route`)."""
+    if not (headers or {}).get(HELD_COUNT_HEADER):
+        return
+    route = usable_route((headers or {}).get(ROUTE_HEADER))
+    if route is not None:
+        delivery_info["exchange"], delivery_info["routing_key"] = route
 
 
 class ConfirmedProducers:
@@ -124,7 +156,7 @@ def hold_message(
     :data:`HOLD_EXCHANGE`, so that a release can dead-letter it back there.
     """
     props = message.properties or {}
-    headers = held_headers(message.headers, message.delivery_info)
+    headers = held_headers(message.headers, message.delivery_info, queue)
     route: dict[str, Any] = {"exchange": "", "routing_key": queue}
     if amqp and destination is not None:
         route = {"exchange": HOLD_EXCHANGE, "routing_key": destination}
@@ -165,7 +197,7 @@ def hold_request(
     """Re-publish the task now running in this pool process to *queue*, as
     :func:`hold_message` does (confirmed by the broker with *producers*)."""
     request = task.request
-    headers = held_headers(request.headers, request.delivery_info)
+    headers = held_headers(request.headers, request.delivery_info, queue)
     headers[HEADER] = context_id
     entity = tenant_queue(queue, dead_letter=amqp)
     through_hold = amqp and destination is not None

@@ -3,43 +3,124 @@
 kombu keeps a queue as a list (``LPUSH`` to publish, ``BRPOP`` to consume: the
 oldest message is at the right end) plus one list per priority step
 (``{queue}\\x06\\x16{3,6,9}``). Messages are moved as they are stored, by a Lua
-script, so nothing is re-encoded and a release takes milliseconds.
+script, a bounded chunk per run (see :mod:`.redis_release`), so nothing is re-encoded
+and Redis never works for more than a few milliseconds at a time.
 """
 
 from __future__ import annotations
 
+import logging
+import re
+import time
 from collections.abc import Callable, Sequence
-from typing import Any
 
 import redis
 
-from celery_tenant_gate._compat import (
-    KOMBU_REDIS_PRIORITY_STEPS,
-    KOMBU_REDIS_SEP,
-    kombu_redis_message,
-)
+from celery_tenant_gate._compat import kombu_redis_message
 from celery_tenant_gate.io.lua import lua_script
-from celery_tenant_gate.model.held import HeldMessage, OnMoved, TaskRef
+from celery_tenant_gate.io.store.deadletters import DeadLetter, DeadLetters
+from celery_tenant_gate.model.held import HeldMessage, OnMoved
 
-SEP = KOMBU_REDIS_SEP
-#: The suffixes of a queue's lists, one a priority step ("": the queue's own name).
-PRIORITY_STEPS = tuple(str(step) if step else "" for step in KOMBU_REDIS_PRIORITY_STEPS)
+from .redis_release import (
+    CHUNK,
+    CHUNK_BYTES,
+    PRIORITY_STEPS,
+    SEP,
+    ChunkedRelease,
+    Rejected,
+    keys,
+    lua_pattern,
+    rejects_key,
+)
 
-# Moves every held message, as stored, to the queue it was meant for (see its header).
+__all__ = ["PRIORITY_STEPS", "SEP", "RedisHeldQueues", "decode"]
+
+logger = logging.getLogger(__name__)
+
+# Moves a bounded chunk of held messages, as stored, to the queues their headers name.
 _RELEASE = lua_script(__package__, "release")
+_keys = keys
 
 
-def _keys(queue: str) -> list[str]:
-    return [queue if not step else f"{queue}{SEP}{step}" for step in PRIORITY_STEPS]
+def decode(raw: bytes | str) -> HeldMessage:
+    """A kombu Redis envelope as a :class:`HeldMessage`."""
+    return kombu_redis_message(raw)
+
+
+def _letter(ctx: str, entry: bytes, at: float) -> DeadLetter:
+    rejected = Rejected.parse(entry)
+    message = _loose(rejected.raw)
+    reason = f"not released: {rejected.reason}"
+    logger.warning(
+        "tenant-gate: dropped held task %s[%s] of %s: %s",
+        message.task_name,
+        message.task_id,
+        ctx,
+        reason,
+    )
+    return DeadLetter.from_raw(
+        headers=message.headers,
+        body=message.body,
+        content_type=message.content_type,
+        content_encoding=message.content_encoding,
+        reason=reason,
+        at=at,
+    )
+
+
+def _oldest(client: redis.Redis, key: str, count: int) -> list[bytes]:
+    """The oldest *count* messages of the list *key* (fewer if it is shorter), oldest
+    first. By index from the tail, pipelined: LRANGE with negative indexes walks a long
+    list from its head (Redis 7.0), milliseconds for a million held tasks."""
+    pipe = client.pipeline(transaction=False)
+    for index in range(1, count + 1):
+        pipe.lindex(key, -index)
+    found: list[bytes] = []
+    for raw in pipe.execute():
+        if raw is None:
+            break
+        found.append(raw)
+    return found
+
+
+def _loose(raw: bytes) -> HeldMessage:
+    """*raw* as a :class:`HeldMessage`; the bytes as they are if it is not a kombu
+    envelope (a rejected message may be anything)."""
+    try:
+        return decode(raw)
+    except Exception:
+        return HeldMessage(headers={}, body=raw, content_type="", content_encoding="")
 
 
 class RedisHeldQueues:
-    """Tenant queues on a Redis broker."""
+    """Tenant queues on a Redis broker.
 
-    def __init__(self, client: redis.Redis, default_queue: str = "celery") -> None:
+    *queue_template* names the tenant queues (``{ctx}``: the tenant): a release never
+    moves a message into one. A message it refuses (see ``lua/release.lua``) goes to
+    *dead_letters*, under the tenant of its queue, with the reason; without a
+    dead-letter store it waits in the list ``{queue}\\x06\\x16rejected``.
+    """
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        default_queue: str = "celery",
+        *,
+        queue_template: str = "tenant.{ctx}",
+        dead_letters: DeadLetters | None = None,
+        chunk: int = CHUNK,
+        chunk_bytes: int = CHUNK_BYTES,
+    ) -> None:
         self.client = client
         self.default_queue = default_queue
+        self.queue_template = queue_template
+        self.dead_letters = dead_letters
+        self.chunk = chunk
+        self.chunk_bytes = chunk_bytes
         self._release = client.register_script(_RELEASE)
+        self._tenant_pattern = lua_pattern(queue_template)
+        first, *rest = (re.escape(part) for part in queue_template.split("{ctx}"))
+        self._tenant_of = re.compile(first + "(?P<ctx>.+)" + "(?P=ctx)".join(rest))
 
     def count(self, queue: str) -> int:
         return self.counts([queue])[queue]
@@ -57,29 +138,73 @@ class RedisHeldQueues:
         for key in _keys(queue):
             if len(found) >= limit:
                 break
-            raw: list[Any] = self.client.lrange(key, -(limit - len(found)), -1)
-            found.extend(kombu_redis_message(item) for item in reversed(raw))
+            found.extend(_loose(raw) for raw in _oldest(self.client, key, limit - len(found)))
         return found
 
     def release(self, queue: str, *, marker: str = "", on_moved: OnMoved | None = None) -> int:
-        if on_moved is None:
-            moved: int = self._release(keys=[], args=[queue, SEP, self.default_queue, "0"])
-            return moved
-        moved, *told = self._release(keys=[], args=[queue, SEP, self.default_queue, "1"])
-        ids, names, dests = (column.decode().split("\x1e") if moved else [] for column in told)
-        on_moved(list(map(TaskRef, ids, names, dests)))
-        return int(moved)
+        """Move what *queue* holds now back to the queues its messages were meant for,
+        in order, a chunk per script run (see :mod:`.redis_release`); *on_moved* is
+        told each chunk's tasks. Messages held while it runs wait for the next release.
+        Returns how many were moved; the refused ones are dead-lettered."""
+        self._dead_letter_rejected(queue)  # left by a release that was interrupted
+        return ChunkedRelease(
+            self.client,
+            self._release,
+            queue,
+            self.default_queue,
+            self._tenant_pattern,
+            chunk=self.chunk,
+            chunk_bytes=self.chunk_bytes,
+            on_moved=on_moved,
+            on_rejected=lambda: self._dead_letter_rejected(queue),
+        ).run()
+
+    def _dead_letter_rejected(self, queue: str, batch: int = 500) -> None:
+        """Record the messages a release refused in the dead-letter store, with their
+        reasons, each removed from the rejects list once recorded."""
+        key = rejects_key(queue)
+        waiting: int = self.client.llen(key)
+        if not waiting:
+            return
+        if self.dead_letters is None:
+            logger.warning(
+                "tenant-gate: %d held message(s) of %s not released (bad route); "
+                "no dead-letter store: they wait in the Redis list %r",
+                waiting,
+                queue,
+                key,
+            )
+            return
+        found = self._tenant_of.fullmatch(queue)
+        ctx = found["ctx"] if found else queue
+        while waiting > 0:
+            raw = _oldest(self.client, key, min(batch, waiting))
+            if not raw:
+                break
+            now = time.time()
+            try:
+                self.dead_letters.record(ctx, [_letter(ctx, item, now) for item in raw])
+            except redis.RedisError:
+                # They stay in the rejects list: the next release hands them over.
+                logger.exception("tenant-gate: could not dead-letter messages of %s", queue)
+                return
+            self.client.ltrim(key, 0, -(len(raw) + 1))
+            waiting -= len(raw)
 
     def drain(self, queue: str, sink: Callable[[list[HeldMessage]], None], batch: int = 500) -> int:
+        """Hand what *queue* holds now to *sink*, a batch at a time, each batch removed
+        once *sink* returned; messages held meanwhile wait for the next drain."""
         total = 0
         for key in _keys(queue):
-            while True:
-                raw: list[Any] = self.client.lrange(key, -batch, -1)
+            waiting: int = self.client.llen(key)
+            while waiting > 0:
+                raw = _oldest(self.client, key, min(batch, waiting))
                 if not raw:
                     break
-                sink([kombu_redis_message(item) for item in reversed(raw)])
+                sink([_loose(item) for item in raw])
                 # Remove exactly the ones handed over (from the old end; new ones
                 # may have been pushed at the other end meanwhile).
                 self.client.ltrim(key, 0, -(len(raw) + 1))
                 total += len(raw)
+                waiting -= len(raw)
         return total

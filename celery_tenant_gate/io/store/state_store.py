@@ -30,6 +30,7 @@ _GUARDED_WRITE = lua_script(__package__, "guarded_write")
 _SET_PAUSED = lua_script(__package__, "set_paused")
 _NOTIFIED = lua_script(__package__, "notified")
 _UNLOCK = lua_script(__package__, "unlock")
+_RENEW = lua_script(__package__, "renew")
 
 
 def connect(url: str) -> redis.Redis:
@@ -63,6 +64,7 @@ class StateStore:
         self._guarded_write = client.register_script(_GUARDED_WRITE)
         self._set_paused = client.register_script(_SET_PAUSED)
         self._unlock = client.register_script(_UNLOCK)
+        self._renew = client.register_script(_RENEW)
         self._notified = client.register_script(_NOTIFIED)
 
     def key(self, context_id: str) -> str:
@@ -179,6 +181,11 @@ class StateStore:
 
     def unlock(self, context_id: str, token: str) -> None:
         self._unlock(keys=[self.lock_key(context_id)], args=[token])
+
+    def renew_lock(self, context_id: str, token: str, ttl: float) -> bool:
+        """Make the tenant's lock live *ttl* seconds from now, if it is still ours."""
+        milliseconds = max(1, int(ttl * 1000))
+        return bool(self._renew(keys=[self.lock_key(context_id)], args=[token, milliseconds]))
 
     def _write(
         self, context_id: str, guard: float, bump: bool, fields: Mapping[str, str]
