@@ -9,8 +9,9 @@ own twin of the app (made with :func:`create_app` from the same mapping):
   TGF_STATE_API: the State API URL; TGF_PARENT: the scenario's pid (a worker exits
   when that process is gone, even killed);
 - TGF_SWEEP (seconds between sweeps, default 2.0, the package's), TGF_ERROR_RETRY
-  (``tenant_gate_error_retry_interval``) and TGF_READ_TIMEOUT
-  (``tenant_gate_state_api_read_timeout``), default the package's; TGF_VISIBILITY
+  (``tenant_gate_error_retry_interval``), TGF_READ_TIMEOUT
+  (``tenant_gate_state_api_read_timeout``) and TGF_LOCK_TIMEOUT
+  (``tenant_gate_lock_timeout``), default the package's; TGF_VISIBILITY
   (Redis broker: seconds before a killed worker's unacknowledged tasks come back,
   default 600: longer than any stall a scenario causes, which would otherwise
   redeliver tasks still waiting in a blocked worker).
@@ -65,6 +66,8 @@ def create_app(env: Mapping[str, str]) -> Celery:
     )
     if env.get("TGF_ERROR_RETRY"):
         app.conf.tenant_gate_error_retry_interval = float(env["TGF_ERROR_RETRY"])
+    if env.get("TGF_LOCK_TIMEOUT"):
+        app.conf.tenant_gate_lock_timeout = float(env["TGF_LOCK_TIMEOUT"])
     if env.get("TGF_READ_TIMEOUT"):
         app.conf.tenant_gate_state_api_read_timeout = float(env["TGF_READ_TIMEOUT"])
     if broker.startswith("redis"):

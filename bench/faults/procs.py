@@ -189,7 +189,7 @@ class FaultWorker:
                     sys.executable,
                     *("-m", "celery", "-A", "bench.faults.faultapp", "worker"),
                     *("-P", "prefork", "-c", str(self.concurrency), "-Q", self.queue),
-                    *("-n", self.name, "-l", "INFO"),
+                    *("-n", self.name, "-l", "WARNING"),
                     *("--without-heartbeat", "--without-gossip", "--without-mingle"),
                 ],
                 cwd=ROOT,
@@ -261,15 +261,19 @@ class FaultWorker:
 
 
 def wait_for(
-    condition: Callable[[], bool], timeout: float, what: str, check: Callable[[], None] = lambda: None
+    condition: Callable[[], bool],
+    timeout: float,
+    what: str,
+    check: Callable[[], None] = lambda: None,
+    interval: float = 0.01,
 ) -> float:
     """Poll *condition* (a broker's queue length or a key, which nothing announces) every
-    10 ms for at most *timeout* seconds; returns when it held (time.time()).
+    *interval* s for at most *timeout* s; returns when it held (time.time()).
     Raises TimeoutError naming *what*."""
     deadline = time.monotonic() + timeout
     while not condition():
         check()
         if time.monotonic() > deadline:
             raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(0.01)
+        time.sleep(interval)
     return time.time()

@@ -11,13 +11,14 @@ import os
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from types import TracebackType
 from typing import Any
 
 import redis
+from kombu import Connection
 
 from bench.faults import faultapp
 from bench.faults.procs import FaultWorker
@@ -195,8 +196,25 @@ class World:
         """Messages in the tenant's queue (its held tasks)."""
         return self.gate.held_queues.count(self.gate.queue_for(ctx))
 
-    def work_count(self) -> int:
-        return self.gate.held_queues.count(self.work_queue)
+    @contextlib.contextmanager
+    def counter(self, queue: str) -> Iterator[Callable[[], int]]:
+        """A cheap count of *queue*'s waiting messages, to poll: on RabbitMQ over one
+        connection kept open (a connection a count would cost more than the count)."""
+        if not self.is_amqp:
+            yield lambda: self.gate.held_queues.count(queue)
+            return
+        with Connection(self.broker, connect_timeout=5) as conn:
+            conn.ensure_connection(max_retries=3)
+            channels: list[Any] = [conn.channel()]
+
+            def count() -> int:
+                try:
+                    return int(channels[0].queue_declare(queue, passive=True)[1])
+                except conn.channel_errors:  # no such queue: that channel is closed
+                    channels[0] = conn.channel()
+                    return 0
+
+            yield count
 
     # -- clean-up -----------------------------------------------------------------------
 
@@ -205,6 +223,11 @@ class World:
             for worker in self.workers:
                 worker.stop()
             self.logs = [self.worker_logs()]
+            keep = os.environ.get("TGFAULT_LOG_DIR")  # to read the workers' logs after
+            if keep:
+                name = self.prefix.replace(":", "-") + ".log"
+                with open(os.path.join(keep, name), "w") as out:
+                    out.write(self.logs[0])
             for worker in self.workers:
                 worker.discard_log()
             self.workers = []
