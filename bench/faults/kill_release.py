@@ -74,7 +74,7 @@ def _measure(world: World, held_n: int, after_n: int, limit: float) -> list[Resu
         except TimeoutError:
             flows = time.time() - killed_at
     total = held_n + after_n
-    ran_all = ledger.wait(lambda: ledger.distinct(CTX) >= total, limit + total / 200, w2.check)
+    ran_all = ledger.settle(lambda: ledger.distinct(CTX) >= total, 8.0, limit + total / 200, w2.check)
     ledger.wait(lambda: False, 0.5)  # duplicates still on their way
     tally = Tally.of({CTX: range(1, total + 1)}, ledger.rows)
     first: dict[int, float] = {}

@@ -102,7 +102,7 @@ def _measure(world: World, store: StoreRedis, outage: float) -> list[Result]:
     gate.resume(PAUSED)
     published = {RUNNING: range(2 * N_RUNNING + 1), PAUSED: range(held_all)}
     total = sum(len(s) for s in published.values())
-    ledger.wait(lambda: len(ledger.rows) >= total, 60, world.check)
+    ledger.settle(lambda: sum(ledger.distinct(c) for c in published) >= total, 5, 60, world.check)
     ledger.wait(lambda: False, 0.3)  # duplicates still on their way
     tally = Tally.of(published, ledger.rows)
     per_message = [requeues.get(i, 0) for i in requeues] or [0]

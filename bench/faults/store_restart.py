@@ -66,7 +66,7 @@ def _measure(world: World, store: StoreRedis, api: StateAPI, observe: float) -> 
     restarted = time.time()
     last = BEFORE + AFTER
     world.publish((ctx, seq) for seq in range(BEFORE + 1, last + 1) for ctx in (*PAUSED, RUNNING))
-    ran_r = ledger.wait(lambda: ledger.distinct(RUNNING) >= last, 60, world.check)
+    ran_r = ledger.settle(lambda: ledger.distinct(RUNNING) >= last, 5, 60, world.check)
     ledger.wait(lambda: False, observe, world.check)
     early_by = {ctx: ledger.count([ctx]) for ctx in PAUSED}
     early = sum(early_by.values())
@@ -81,7 +81,7 @@ def _measure(world: World, store: StoreRedis, api: StateAPI, observe: float) -> 
     resumed = {ctx: gate.resume(ctx) for ctx in PAUSED}
     published = {ctx: range(1, last + 1) for ctx in (*PAUSED, RUNNING)}
     total = 3 * last
-    ledger.wait(lambda: sum(ledger.distinct(c) for c in published) >= total, 60, worker.check)
+    ledger.settle(lambda: sum(ledger.distinct(c) for c in published) >= total, 5, 60, worker.check)
     ledger.wait(lambda: False, 0.3)  # duplicates still on their way
     tally = Tally.of(published, ledger.rows)
     name = f"faults.store_restart.{world.broker_name}"

@@ -74,6 +74,27 @@ class Ledger:
             self.pull(min(0.1, max(0.01, deadline - time.monotonic())))
         return True
 
+    def settle(
+        self,
+        done: Callable[[], bool],
+        quiet: float,
+        limit: float,
+        check: Callable[[], None] = lambda: None,
+    ) -> bool:
+        """Pull until *done()*, or until no body ran for *quiet* seconds (what is
+        missing is lost, not late), at most *limit* seconds; whether it was done."""
+        deadline = time.monotonic() + limit
+        seen, since = len(self.rows), time.monotonic()
+        while not done():
+            check()
+            now = time.monotonic()
+            if len(self.rows) != seen:
+                seen, since = len(self.rows), now
+            if now > deadline or now - since > quiet:
+                return False
+            self.pull(0.1)
+        return True
+
     def of(self, ctx: str, since: float = 0.0) -> list[Ran]:
         return [r for r in self.rows if r.ctx == ctx and r.at >= since]
 
@@ -92,17 +113,20 @@ class Tally:
     published: int
     lost: int
     duplicates: int
+    #: The first few lost (tenant, seq), for the record.
+    missing: tuple[tuple[str, int], ...] = ()
 
     @classmethod
     def of(cls, published: dict[str, Sequence[int]], rows: Sequence[Ran]) -> Tally:
         ran = Counter((r.ctx, r.seq) for r in rows if r.ctx in published)
         wanted = {(ctx, seq) for ctx, seqs in published.items() for seq in seqs}
-        lost = len(wanted - set(ran))
+        missing = sorted(wanted - set(ran))
         duplicates = sum(n - 1 for n in ran.values())
-        return cls(len(wanted), lost, duplicates)
+        return cls(len(wanted), len(missing), duplicates, tuple(missing[:5]))
 
     def text(self) -> str:
-        return f"{self.published} published, {self.lost} lost, {self.duplicates} duplicated"
+        lost = f"{self.lost} lost" + (f" {list(self.missing)}" if self.missing else "")
+        return f"{self.published} published, {lost}, {self.duplicates} duplicated"
 
 
 def new_prefix() -> str:
@@ -136,6 +160,8 @@ class World:
         self.workers: list[FaultWorker] = []
         self.tenants: set[str] = set()
         self.logs: list[str] = []
+        #: The task id of every task published, by (tenant, seq).
+        self.ids: dict[tuple[str, int], str] = {}
 
     @property
     def is_amqp(self) -> bool:
@@ -185,11 +211,11 @@ class World:
         """Publish ``(ctx, seq)`` tasks in this order, on one producer; returns when it
         began (time.time())."""
         began = time.time()
-        apply = self.task.apply_async
+        apply, ids = self.task.apply_async, self.ids
         with self.app.producer_or_acquire() as producer:
             for ctx, seq in tasks:
                 self.tenants.add(ctx)
-                apply((ctx, seq, busy_ms), producer=producer)
+                ids[ctx, seq] = apply((ctx, seq, busy_ms), producer=producer).id
         return began
 
     def held(self, ctx: str) -> int:
