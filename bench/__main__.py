@@ -7,7 +7,7 @@ import json
 import sys
 from collections.abc import Callable
 
-from bench import gate_overhead, gate_scale, lookup, pause_latency, release, webhook
+from bench import faults, gate_overhead, gate_scale, lookup, pause_latency, release, webhook
 from bench.results import Result
 
 BENCHMARKS: dict[str, Callable[..., list[Result]]] = {
@@ -17,6 +17,7 @@ BENCHMARKS: dict[str, Callable[..., list[Result]]] = {
     "release": release.run,
     "webhook": webhook.run,
     "pause_latency": pause_latency.run,
+    "faults": faults.run,
 }
 
 

@@ -30,9 +30,9 @@ FLOW_GOAL_S = 5.0
 
 
 def run(broker: str, ledger_url: str, quick: bool) -> list[Result]:
-    held_n, after_n = (1_000, 50) if quick else (10_000, 200)
-    # Quick: a tenant's look-up and move locks last 5 s, not the package's 30.
-    env = {"TGF_VISIBILITY": "5", **({"TGF_LOCK_TIMEOUT": "5"} if quick else {})}
+    held_n, after_n = (500, 50) if quick else (10_000, 200)
+    # Quick: a tenant's look-up and move locks last 3 s, not the package's 30.
+    env = {"TGF_VISIBILITY": "5", **({"TGF_LOCK_TIMEOUT": "3"} if quick else {})}
     api = StateAPI()
     try:
         api.set_state(CTX, "Suspended")
@@ -74,7 +74,9 @@ def _measure(world: World, held_n: int, after_n: int, limit: float) -> list[Resu
         except TimeoutError:
             flows = time.time() - killed_at
     total = held_n + after_n
-    ran_all = ledger.settle(lambda: ledger.distinct(CTX) >= total, 8.0, limit + total / 200, w2.check)
+    ran_all = ledger.settle(
+        lambda: ledger.distinct(CTX) >= total, 8.0, limit + total / 200, w2.check
+    )
     ledger.wait(lambda: False, 0.5)  # duplicates still on their way
     tally = Tally.of({CTX: range(1, total + 1)}, ledger.rows)
     first: dict[int, float] = {}

@@ -242,6 +242,12 @@ class FaultWorker:
     def thaw(self) -> None:
         self._signal_group(signal.SIGCONT)
 
+    def terminate(self) -> None:
+        """SIGTERM (a warm shutdown), without waiting: :meth:`stop` waits."""
+        self.thaw()
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+
     def stop(self) -> None:
         process, self.process = self.process, None
         if process is not None and process.poll() is None:

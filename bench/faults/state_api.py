@@ -48,8 +48,11 @@ class Sizes:
 
 FULL = Sizes(1000, 10.0, 30.0, 150.0, 60.0, {})
 # Short outages: the State API read timeout is 1 s (so that 3 s is too slow, as 30 s
-# is for the default 10 s) and a failed tenant is asked again after 1 s instead of 10.
-QUICK = Sizes(100, 2.0, 3.0, 30.0, 20.0, {"TGF_ERROR_RETRY": "1", "TGF_READ_TIMEOUT": "1"})
+# is for the default 10 s), a failed tenant is asked again after 1 s instead of 10,
+# sweeps every 0.5 s.
+QUICK = Sizes(
+    100, 2.0, 3.0, 30.0, 20.0, {"TGF_ERROR_RETRY": "1", "TGF_READ_TIMEOUT": "1", "TGF_SWEEP": "0.5"}
+)
 
 
 @dataclass(frozen=True)
@@ -124,8 +127,9 @@ def _variant(kind: str, broker: str, ledger_url: str, api: StateAPI, size: Sizes
             f"({answers} good answers, {len(api.answers(NEW))} calls in all); {tally.text()}",
             flush=True,
         )
-        return Variant(kind, world.broker_name, rate, drained, new_early, new_seconds,
-                       answers, new_ran, tally)
+        return Variant(
+            kind, world.broker_name, rate, drained, new_early, new_seconds, answers, new_ran, tally
+        )
 
 
 def _rows(v: Variant, baseline: float, base_name: str) -> list[Result]:
@@ -166,9 +170,7 @@ def _rows(v: Variant, baseline: float, base_name: str) -> list[Result]:
     ]
 
 
-def run_broker(
-    broker: str, ledger_url: str, quick: bool, kinds: tuple[str, ...]
-) -> list[Result]:
+def run_broker(broker: str, ledger_url: str, quick: bool, kinds: tuple[str, ...]) -> list[Result]:
     size = QUICK if quick else FULL
     api = StateAPI()
     try:

@@ -52,7 +52,7 @@ def _round(world: World, n: int, t_limit: float) -> tuple[float, float, bool]:
 
 
 def run(broker: str, ledger_url: str, quick: bool) -> list[Result]:
-    outage = 3.0 if quick else 10.0
+    outage = 2.0 if quick else 10.0
     api = StateAPI()
     store = StoreRedis().start()
     try:

@@ -33,7 +33,7 @@ EVENT = re.compile(r"tenant-gate.*(empty|restart|flushed|forgot|data (was )?lost
 
 
 def run(broker: str, ledger_url: str, quick: bool) -> list[Result]:
-    observe = 3.0 if quick else 6.0
+    observe = 2.5 if quick else 6.0
     api = StateAPI()
     store = StoreRedis().start()
     try:

@@ -222,6 +222,9 @@ class World:
         """Messages in the tenant's queue (its held tasks)."""
         return self.gate.held_queues.count(self.gate.queue_for(ctx))
 
+    def work_count(self) -> int:
+        return self.gate.held_queues.count(self.work_queue)
+
     @contextlib.contextmanager
     def counter(self, queue: str) -> Iterator[Callable[[], int]]:
         """A cheap count of *queue*'s waiting messages, to poll: on RabbitMQ over one
@@ -246,6 +249,8 @@ class World:
 
     def close(self) -> None:
         try:
+            for worker in self.workers:  # all at once: a warm shutdown takes a while
+                worker.terminate()
             for worker in self.workers:
                 worker.stop()
             self.logs = [self.worker_logs()]
@@ -271,7 +276,9 @@ class World:
         if self.is_amqp:
             with contextlib.suppress(Exception):
                 delete_amqp(
-                    self.broker, [self.work_queue, control, *tenant_queues], [self.work_queue, control]
+                    self.broker,
+                    [self.work_queue, control, *tenant_queues],
+                    [self.work_queue, control],
                 )
         for url in {self.ledger_url, self.store_url, self.broker if not self.is_amqp else ""}:
             if not url:
@@ -283,6 +290,9 @@ class World:
         return self
 
     def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
     ) -> None:
         self.close()
