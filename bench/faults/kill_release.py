@@ -62,8 +62,9 @@ def _measure(world: World, held_n: int, after_n: int, limit: float) -> list[Resu
             else:
                 started = lambda: CTX not in gate.paused()  # noqa: E731
             wait_for(started, 30, "the release to start", world.check, interval=0.001)
+            before_kill = held()
             killed_at = w1.kill9()
-            held_at_kill = held()
+            after_kill = held()
     finally:
         w2.thaw()
     world.publish((CTX, seq) for seq in range(held_n + 1, held_n + after_n + 1))
@@ -86,8 +87,9 @@ def _measure(world: World, held_n: int, after_n: int, limit: float) -> list[Resu
     early = sum(1 for seq, at in first.items() if seq > held_n and at < last_held)
     name = f"faults.kill_release.{world.broker_name}"
     print(
-        f"  kill_release {world.broker_name}: killed with {held_at_kill} of {held_n} still in "
-        f"the tenant queue; queue empty {flows:.2f} s after the kill; "
+        f"  kill_release {world.broker_name}: {before_kill} of {held_n} ready in the tenant "
+        f"queue just before the kill, {after_kill} just after (what the releaser had received "
+        f"comes back); queue empty {flows:.2f} s after the kill; "
         f"{'all ran' if ran_all else 'NOT all ran'}: {tally.text()}; {early} of {after_n} "
         f"tasks published after the resume started before the last held one",
         flush=True,
