@@ -117,7 +117,7 @@ def _measure(
         world.ids[key] for key in ran if key in world.ids
     }
     where = ""
-    if deliveries is not None:
+    if deliveries is not None and lost_ids:
         never = len(lost_ids - deliveries.ids)
         where = f" ({never} of them never recorded as delivered: kombu's window, kombu#305)"
     name = f"faults.kill9.{world.broker_name}"

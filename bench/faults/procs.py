@@ -48,7 +48,7 @@ class StoreRedis(EmbeddedRedis):
 
     def down(self, *, keep_data: bool) -> None:
         """SHUTDOWN (SAVE to its dump file, or NOSAVE): clients are refused from now."""
-        client = redis.Redis(port=self.port, socket_timeout=10)
+        client = redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=10)
         with contextlib.suppress(redis.ConnectionError):
             client.shutdown(save=keep_data, nosave=not keep_data)
         client.close()
