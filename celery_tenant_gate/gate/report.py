@@ -59,14 +59,7 @@ def dead_letter(dead: DeadLetters, ctx: str, message: HeldMessage, reason: str, 
 
 def letter(message: HeldMessage, reason: str, at: float) -> DeadLetter:
     """*message* as a dead letter, dropped at *at* for *reason*."""
-    return DeadLetter.from_raw(
-        headers=message.headers,
-        body=message.body,
-        content_type=message.content_type,
-        content_encoding=message.content_encoding,
-        reason=reason,
-        at=at,
-    )
+    return DeadLetter.of(message, reason, at)
 
 
 def why(record: TenantRecord | None) -> str:

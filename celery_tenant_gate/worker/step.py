@@ -1,5 +1,5 @@
-"""The worker side: a consumer bootstep that puts the gate in front of the pool, and
-a sweeper thread that ends pauses that end by themselves.
+"""The worker side: a consumer bootstep that puts the gate in front of the pool and
+starts the sweeper thread (:mod:`.sweeper`).
 
 The gate wraps the consumer's ``on_task_request``: the one door every task goes
 through on its way to the pool, straight from the broker and after waiting in the
@@ -12,7 +12,6 @@ logs and swallows exceptions raised in signal receivers.)
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -34,6 +33,8 @@ from celery_tenant_gate.gate.gate import Gate
 from celery_tenant_gate.io.broker.holding import restore_route
 from celery_tenant_gate.model.verdicts import Verdict
 from celery_tenant_gate.observe.watch import WorkerWatch
+
+from .sweeper import Sweeper
 
 logger = logging.getLogger(__name__)
 
@@ -121,40 +122,6 @@ def acknowledge_now(request: Any) -> None:
         # The broker will deliver it again; its held copy makes that a duplicate.
         logger.exception("tenant-gate: could not acknowledge task %s", request.id)
     mark_acknowledged(request)
-
-
-class Sweeper:
-    """A daemon thread; every ``tenant_gate_sweep_interval`` one worker of the cluster
-    (whoever takes the sweep lock) runs :meth:`Gate.sweep`."""
-
-    def __init__(self, gate: Gate, interval: float) -> None:
-        self.gate = gate
-        self.interval = interval
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="tenant-gate-sweeper", daemon=True)
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join(5)
-
-    def _run(self) -> None:
-        store = self.gate.states.store
-        while not self._stop.wait(self.interval):
-            try:
-                token = store.try_lock("_sweep", self.interval * 5)
-                if token is None:
-                    continue
-                try:
-                    for ctx, what in self.gate.sweep().items():
-                        logger.info("tenant-gate: sweep: %s %s", ctx, what)
-                finally:
-                    store.unlock("_sweep", token)
-            except Exception:
-                logger.exception("tenant-gate: sweep failed; trying again later")
 
 
 class TenantGateStep(bootsteps.StartStopStep):  # type: ignore[misc]

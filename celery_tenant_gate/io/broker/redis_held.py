@@ -58,14 +58,7 @@ def _letter(ctx: str, entry: bytes, at: float) -> DeadLetter:
         ctx,
         reason,
     )
-    return DeadLetter.from_raw(
-        headers=message.headers,
-        body=message.body,
-        content_type=message.content_type,
-        content_encoding=message.content_encoding,
-        reason=reason,
-        at=at,
-    )
+    return DeadLetter.of(message, reason, at)
 
 
 def _oldest(client: redis.Redis, key: str, count: int) -> list[bytes]:

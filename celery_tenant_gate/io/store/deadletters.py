@@ -18,6 +18,8 @@ from typing import Any
 
 import redis
 
+from celery_tenant_gate.model.held import HeldMessage
+
 INVALID_TENANT = "_invalid"
 
 
@@ -34,6 +36,18 @@ class DeadLetter:
     body: str = ""
     content_type: str = ""
     content_encoding: str = ""
+
+    @classmethod
+    def of(cls, message: HeldMessage, reason: str, at: float) -> DeadLetter:
+        """*message* as a dead letter, dropped at *at* for *reason*."""
+        return cls.from_raw(
+            headers=message.headers,
+            body=message.body,
+            content_type=message.content_type,
+            content_encoding=message.content_encoding,
+            reason=reason,
+            at=at,
+        )
 
     @classmethod
     def from_raw(

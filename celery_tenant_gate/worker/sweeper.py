@@ -1,0 +1,46 @@
+"""The sweeper: a daemon thread in every worker; every ``tenant_gate_sweep_interval`` one
+worker of the cluster (whoever takes the sweep lock) runs :meth:`Gate.sweep`, which ends
+pauses that end by themselves (see :mod:`celery_tenant_gate.gate.sweep`)."""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from celery_tenant_gate.gate.gate import Gate
+
+logger = logging.getLogger(__name__)
+
+
+class Sweeper:
+    """A daemon thread; every ``tenant_gate_sweep_interval`` one worker of the cluster
+    (whoever takes the sweep lock) runs :meth:`Gate.sweep`."""
+
+    def __init__(self, gate: Gate, interval: float) -> None:
+        self.gate = gate
+        self.interval = interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="tenant-gate-sweeper", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(5)
+
+    def _run(self) -> None:
+        store = self.gate.states.store
+        while not self._stop.wait(self.interval):
+            try:
+                token = store.try_lock("_sweep", self.interval * 5)
+                if token is None:
+                    continue
+                try:
+                    for ctx, what in self.gate.sweep().items():
+                        logger.info("tenant-gate: sweep: %s %s", ctx, what)
+                finally:
+                    store.unlock("_sweep", token)
+            except Exception:
+                logger.exception("tenant-gate: sweep failed; trying again later")
