@@ -33,18 +33,12 @@ from .redis_release import (
     rejects_key,
 )
 
-__all__ = ["PRIORITY_STEPS", "SEP", "RedisHeldQueues", "decode"]
+__all__ = ["PRIORITY_STEPS", "SEP", "RedisHeldQueues"]
 
 logger = logging.getLogger(__name__)
 
 # Moves a bounded chunk of held messages, as stored, to the queues their headers name.
 _RELEASE = lua_script(__package__, "release")
-_keys = keys
-
-
-def decode(raw: bytes | str) -> HeldMessage:
-    """A kombu Redis envelope as a :class:`HeldMessage`."""
-    return kombu_redis_message(raw)
 
 
 def _letter(ctx: str, entry: bytes, at: float) -> DeadLetter:
@@ -80,7 +74,7 @@ def _loose(raw: bytes) -> HeldMessage:
     """*raw* as a :class:`HeldMessage`; the bytes as they are if it is not a kombu
     envelope (a rejected message may be anything)."""
     try:
-        return decode(raw)
+        return kombu_redis_message(raw)
     except Exception:
         return HeldMessage(headers={}, body=raw, content_type="", content_encoding="")
 
@@ -121,14 +115,14 @@ class RedisHeldQueues:
     def counts(self, queues: Sequence[str]) -> dict[str, int]:
         pipe = self.client.pipeline(transaction=False)
         for queue in queues:
-            for key in _keys(queue):
+            for key in keys(queue):
                 pipe.llen(key)
         lengths = iter(pipe.execute())
-        return {queue: sum(next(lengths) for _ in _keys(queue)) for queue in queues}
+        return {queue: sum(next(lengths) for _ in keys(queue)) for queue in queues}
 
     def peek(self, queue: str, limit: int = 100) -> list[HeldMessage]:
         found: list[HeldMessage] = []
-        for key in _keys(queue):
+        for key in keys(queue):
             if len(found) >= limit:
                 break
             found.extend(_loose(raw) for raw in _oldest(self.client, key, limit - len(found)))
@@ -188,7 +182,7 @@ class RedisHeldQueues:
         """Hand what *queue* holds now to *sink*, a batch at a time, each batch removed
         once *sink* returned; messages held meanwhile wait for the next drain."""
         total = 0
-        for key in _keys(queue):
+        for key in keys(queue):
             waiting: int = self.client.llen(key)
             while waiting > 0:
                 raw = _oldest(self.client, key, min(batch, waiting))
