@@ -238,6 +238,18 @@ def signature_from_request(task: Any, request: Any, **options: Any) -> Any:
 # -- Celery: the worker's consumer and task requests ---------------------------------
 
 
+def consumer_qos(consumer: Any) -> Callable[[], Any]:
+    """``Consumer.qos``: the consumer's prefetch count, a :class:`kombu.common.QoS`
+    made anew each time the Tasks bootstep starts (None before; Celery >= 3.1; checked
+    on 5.7.0). Widened by one while a task waits in the worker, as Celery's own ETA
+    tasks do (``increment_eventually``/``decrement_eventually``). Returns a getter."""
+
+    def qos() -> Any:
+        return getattr(consumer, "qos", None)
+
+    return qos
+
+
 def task_handler(consumer: Any) -> Callable[[Any], Any]:
     """``celery.worker.consumer.Consumer.on_task_request`` (Celery >= 3.1; checked on
     5.7.0): where the consumer sends each task request on its way to the pool, straight

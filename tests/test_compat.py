@@ -465,3 +465,22 @@ def test_celery_request_revoked_requeue_and_task_ready(consumer: Any) -> None:
         back = queue.get(no_ack=True)
     assert back is not None, changed("Request.reject(requeue=True) (the message goes back)")
     assert back.headers["id"] == again.id, changed("Request.reject(requeue=True)")
+
+
+def test_celery_consumer_qos_widens_while_a_task_waits(consumer: Any) -> None:
+    from kombu.common import QoS
+
+    qos = _compat.consumer_qos(consumer)
+    assert qos() is None, changed("Consumer.qos (None until the Tasks step starts)")
+    told: list[int] = []
+
+    def set_prefetch(*, prefetch_count: int) -> None:  # as Celery's Tasks step passes it
+        told.append(prefetch_count)
+
+    consumer.qos = QoS(set_prefetch, 8)
+    with upstream("kombu.common.QoS.increment_eventually / decrement_eventually / update"):
+        qos().increment_eventually()
+        qos().update()
+        qos().decrement_eventually()
+        qos().update()
+    assert told == [9, 8], changed("kombu.common.QoS (the prefetch count it sets)")

@@ -105,7 +105,7 @@ def test_without_waiting_a_due_answer_is_used_while_the_api_is_asked_in_the_back
     states = _states(config, clock, min_ttl=5.0, max_ttl=900.0)
     try:
         superoffice.set_state("Cust1", "Running", valid_for=60)
-        assert states.verdict("Cust1", wait=False) is Verdict.RUN  # never seen: asked
+        assert states.verdict("Cust1") is Verdict.RUN  # never seen: asked, waiting
         superoffice.set_state("Cust1", "Suspended", valid_for=60, delay=3.0)
         clock.now += 61  # due now, well within the grace period
 

@@ -99,6 +99,13 @@ class GateConfig:
         "While the State API fails, seconds past its validity that the last known state "
         "is still used.",
     )
+    store_outage_grace: float = _setting(
+        checks.non_negative,
+        60.0,
+        "While the store (Redis) cannot be read, seconds a tenant this process last saw "
+        "running keeps running; then its tasks wait too, as do those of tenants it never "
+        "saw (paused tenants stay paused throughout).",
+    )
     failure_policy: Verdict = _setting(
         checks.failure_policy,
         Verdict.HOLD,

@@ -3,8 +3,11 @@ API, asked by one process at a time per tenant.
 
 The hot path (:meth:`TenantStates.verdict` on a cached tenant) is one dict look-up
 and one clock read. Everything else happens on a miss. The worker's consumer asks
-with ``wait=False``: a stored answer that is due is used (within its grace) while a
-background thread asks the State API, so the event loop never waits on HTTP.
+with ``wait=False`` and never waits on HTTP: a stored answer that is due is used
+(within its grace) while a background thread asks the State API, and a tenant with
+no stored answer at all waits (its task is held) until that thread has one. While the
+store cannot be read, the consumer decides from what this process last saw, for a
+bounded time (``tenant_gate_store_outage_grace``), without waiting on Redis either.
 """
 
 from __future__ import annotations
@@ -15,20 +18,22 @@ import threading
 import time
 import weakref
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import redis
 
 from celery_tenant_gate.config.settings import GateConfig
 from celery_tenant_gate.io.store.cache import ChangeListener, LocalCache
+from celery_tenant_gate.io.store.health import StoreHealth
 from celery_tenant_gate.io.store.state_store import StateStore, connect
 from celery_tenant_gate.io.superoffice.state_api import StateClient
-from celery_tenant_gate.model.errors import StateAPIError
 from celery_tenant_gate.model.ids import compile_pattern, validate_tenant_id
 from celery_tenant_gate.model.record import Source, TenantRecord
 from celery_tenant_gate.model.states import TenantState
 from celery_tenant_gate.model.verdicts import Verdict
+
+from .asking import StateAsker
+from .refresher import Refresher
 
 logger = logging.getLogger(__name__)
 
@@ -63,14 +68,18 @@ class TenantStates:
         self.policy = config.policy
         self.cache: LocalCache[Known] = LocalCache(config.local_cache_size)
         self._clock = clock
+        self.asker = StateAsker(store, client, config, self._wait_for_change, clock=clock)
         self._pattern = compile_pattern(config.tenant_id_pattern)
         #: The last record seen per tenant: what is left when Redis cannot be read.
         self._last_seen: dict[str, TenantRecord] = {}
         self._listener: ChangeListener | None = None
         self._listener_lock = threading.Lock()
-        self._refresher: ThreadPoolExecutor | None = None
-        self._refreshing: set[str] = set()
-        self._refresh_lock = threading.Lock()
+        self._refresher = Refresher()
+        #: Whether the store answers; while it does not, nothing here waits on it.
+        self.health = StoreHealth(self._ping, on_recovered=self._store_recovered, clock=clock)
+        #: Called with a tenant id when a background look-up finds that the tenant's
+        #: state runs again (or for the first time): the worker sweeps at once.
+        self.on_runnable: list[Callable[[str], None]] = []
         #: Look-ups the cache answered, and those it could not (for the metrics).
         self.hits = 0
         self.misses = 0
@@ -87,10 +96,11 @@ class TenantStates:
     def verdict(self, context_id: str, *, wait: bool = True) -> Verdict:
         """Run, hold or drop, for a task of *context_id*, now.
 
-        With ``wait=False``, a stored answer that is due is used as it is (the policy's
-        grace period applies) while a background thread asks the State API; only a
-        tenant never seen is asked at once. Never raises for a State API or Redis
-        failure: the failure policy decides. Raises
+        With ``wait=False`` nothing waits on HTTP: a stored answer that is due is used
+        as it is (the policy's grace period applies), and a tenant with none gets the
+        failure policy's verdict (hold, by default), while a background thread asks the
+        State API. Never waits on the store while it is known to be down. Never raises
+        for a State API or Redis failure: the failure policy decides. Raises
         :class:`~celery_tenant_gate.errors.InvalidTenantId` for a malformed id.
         """
         entry = self.cache.entries.get(context_id)
@@ -121,7 +131,10 @@ class TenantStates:
         """
         ctx = validate_tenant_id(context_id, self._pattern)
         known = self.store.get(ctx)
-        return self._ask(ctx, known, raise_errors=raise_errors)
+        try:
+            return self.asker.ask(ctx, known, raise_errors=raise_errors)
+        finally:
+            self.cache.invalidate(ctx)
 
     def learn(
         self, state: TenantState, *, source: Source, observed_at: float | None = None
@@ -129,7 +142,7 @@ class TenantStates:
         """Store a state told by a notification or by hand. False if a newer one is stored."""
         ctx = validate_tenant_id(state.context_id, self._pattern)
         now = self._clock()
-        fresh_until = self._fresh_until(state, now)
+        fresh_until = self.asker.fresh_until(state, now)
         _, applied = self.store.write_state(
             state,
             source=source,
@@ -156,10 +169,8 @@ class TenantStates:
             listener, self._listener = self._listener, None
         if listener is not None:
             listener.stop()
-        with self._refresh_lock:
-            refresher, self._refresher = self._refresher, None
-        if refresher is not None:
-            refresher.shutdown(wait=False)
+        self._refresher.shutdown()
+        self.health.close()
         self.cache.reset(enabled=False)
 
     # -- the slow path ------------------------------------------------------------
@@ -168,29 +179,63 @@ class TenantStates:
         self.misses += 1
         ctx = validate_tenant_id(context_id, self._pattern)
         self._ensure_listening()
+        if self.health.down:
+            return self._offline(ctx)
         token = self.cache.token(ctx)
         try:
             record = self.store.get(ctx)
             due = record is None or record.is_due(self._clock())
-            if due and record is not None and not wait:
-                # Decide from what is stored, for a short while; the new answer, once
-                # stored, is announced and replaces this one in every process's cache.
+            if due and not wait:
+                # Decide from what is stored (nothing: the failure policy), for a short
+                # while; the new answer, once stored, is announced and replaces this
+                # one in every process's cache.
                 self._refresh_later(ctx, record)
+                if record is None:
+                    return Known(self.policy.decide(None, self._clock()), None)
                 return self._remember(ctx, token, record, self._clock() + self.config.min_ttl)
             if due:
                 record = self._refresh_shared(ctx, record)
         except redis.RedisError as exc:
-            record = self._last_seen.get(ctx)
-            verdict = self.policy.decide(record, self._clock())
-            logger.warning(
-                "tenant-gate: cannot read the state of %s from Redis (%s); verdict %s "
-                "from what this process last saw",
-                ctx,
-                exc,
-                verdict.value,
-            )
-            return Known(verdict, record)
+            self.health.failed(exc)
+            return self._offline(ctx)
         return self._remember(ctx, token, record)
+
+    def _offline(self, ctx: str) -> Known:
+        """The verdict while the store cannot be read: from the record this process
+        last saw, a running one for ``store_outage_grace`` seconds of the outage."""
+        record = self._last_seen.get(ctx)
+        verdict = self.policy.decide(record, self._clock())
+        if verdict is Verdict.RUN and self.health.outage_lasted() > self.config.store_outage_grace:
+            verdict = self.policy.failure_verdict
+        return Known(verdict, record)
+
+    def last_seen(self, context_id: str) -> TenantRecord | None:
+        """The record this process last read of the tenant (None if none)."""
+        return self._last_seen.get(context_id)
+
+    def _wait_for_change(self, timeout: float) -> None:
+        self.cache.wait_for_change(timeout)  # the cache of now: a forked child has its own
+
+    def _ping(self) -> None:
+        self.store.client.ping()
+
+    def _store_recovered(self) -> None:
+        # Changes may have been missed; what is cached is read anew (stored only
+        # once the listener is subscribed again).
+        listener = self._listener
+        self.cache.reset(enabled=listener is not None and listener.subscribed.is_set())
+
+    def _on_connection(self, up: bool) -> None:
+        """The change listener (re)subscribed, or lost its connection."""
+        if up:
+            self.health.recovered()
+            self.cache.reset(enabled=True)
+            return
+        # Keep what is cached for now, bounded: if the store is down, it is all there
+        # is; if only the channel broke, the probe finds the store up at once and
+        # the cache is emptied (changes may be missed until the listener is back).
+        self.cache.suspend(self._clock() + self.config.store_outage_grace)
+        self.health.failed("lost the change channel")
 
     def _remember(
         self,
@@ -214,90 +259,27 @@ class TenantStates:
         self.cache.put(ctx, token, until, known)
         return known
 
-    def _refresh_later(self, ctx: str, known: TenantRecord) -> None:
+    def _refresh_later(self, ctx: str, known: TenantRecord | None) -> None:
         """Ask the State API for *ctx* in a background thread (once at a time)."""
-        with self._refresh_lock:
-            if ctx in self._refreshing:
-                return
-            self._refreshing.add(ctx)
-            if self._refresher is None:
-                self._refresher = ThreadPoolExecutor(2, thread_name_prefix="tenant-gate-refresh")
-            refresher = self._refresher
-        refresher.submit(self._refresh_in_background, ctx, known)
+        self._refresher.submit(ctx, lambda: self._refresh_in_background(ctx, known))
 
-    def _refresh_in_background(self, ctx: str, known: TenantRecord) -> None:
-        try:
-            self._refresh_shared(ctx, known)
-        except Exception:  # a background thread has no caller to tell
-            logger.exception("tenant-gate: refreshing the state of %s failed", ctx)
-        finally:
-            with self._refresh_lock:
-                self._refreshing.discard(ctx)
+    def _refresh_in_background(self, ctx: str, known: TenantRecord | None) -> None:
+        record = self._refresh_shared(ctx, known)
+        if record is None or not self.on_runnable:
+            return
+        now = self._clock()
+        if self._runs(record, now) and (known is None or not self._runs(known, now)):
+            for callback in list(self.on_runnable):
+                callback(ctx)
+
+    def _runs(self, record: TenantRecord, now: float) -> bool:
+        """Whether the tenant's state (its pause aside) lets its tasks run."""
+        return self.policy.decide(replace(record, paused=False), now) is Verdict.RUN
 
     def _refresh_shared(self, ctx: str, known: TenantRecord | None) -> TenantRecord | None:
-        """Get a current record, asking the State API only if no other process is."""
-        timeout = self.config.lock_timeout
-        deadline = time.monotonic() + timeout
-        while True:
-            token = self.store.try_lock(ctx, timeout)
-            if token is not None:
-                try:
-                    return self._ask(ctx, known)
-                finally:
-                    self.store.unlock(ctx, token)
-            # Another process is asking: wait for its answer, announced on the channel.
-            while True:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    logger.warning(
-                        "tenant-gate: gave up waiting %.1fs for another process to look up %s",
-                        timeout,
-                        ctx,
-                    )
-                    return known
-                self.cache.wait_for_change(min(remaining, 0.05))
-                record, locked = self.store.get_with_lock(ctx)
-                if record is not None and not record.is_due(self._clock()):
-                    return record
-                known = record or known
-                if not locked:
-                    break  # it gave up or crashed: take the lock ourselves
-
-    def _ask(
-        self, ctx: str, known: TenantRecord | None, *, raise_errors: bool = False
-    ) -> TenantRecord | None:
-        attempted_at = self._clock()
-        try:
-            state = self.client.get(ctx)
-        except StateAPIError as exc:
-            retry = max(self.config.error_retry_interval, getattr(exc, "retry_after", 0) or 0)
-            logger.warning("tenant-gate: %s; asking again in %.0fs", exc, retry)
-            record, _ = self.store.write_failure(
-                ctx, str(exc), attempted_at=attempted_at, check_after=attempted_at + retry
-            )
-            if raise_errors:
-                self.cache.invalidate(ctx)
-                raise
-        else:
-            learnt_at = self._clock()
-            fresh_until = self._fresh_until(state, learnt_at)
-            record, applied = self.store.write_state(
-                state,
-                source=Source.PULL,
-                observed_at=attempted_at,
-                learnt_at=learnt_at,
-                fresh_until=fresh_until,
-                check_after=fresh_until,
-            )
-            if not applied:
-                logger.info("tenant-gate: a newer state of %s was stored meanwhile", ctx)
+        record = self.asker.refresh_shared(ctx, known)
         self.cache.invalidate(ctx)
         return record
-
-    def _fresh_until(self, state: TenantState, now: float) -> float:
-        lo, hi = self.config.min_ttl, self.config.max_ttl
-        ttl = lo if state.valid_until is None else state.valid_until.timestamp() - now
-        return now + min(max(ttl, lo), hi)
 
     # -- listening ----------------------------------------------------------------
 
@@ -311,7 +293,8 @@ class TenantStates:
                 self.store.client,
                 self.store.channel,
                 on_change=self.cache.invalidate,
-                on_connection=lambda up: self.cache.reset(enabled=up),
+                on_connection=self._on_connection,
+                reconnect_delay_max=2.0,
             )
             listener.start()
             self._listener = listener
@@ -324,9 +307,8 @@ class TenantStates:
         # changes from now on: start over.
         self._listener = None
         self._listener_lock = threading.Lock()
-        self._refresher = None  # the parent's threads do not exist here
-        self._refreshing = set()
-        self._refresh_lock = threading.Lock()
+        self._refresher.after_fork()  # the parent's threads do not exist here
+        self.health.after_fork()
         self.cache = LocalCache(self.config.local_cache_size)
         self._last_seen = {}
         self.client.forget_connections()

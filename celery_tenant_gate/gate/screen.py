@@ -9,6 +9,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import redis
+
 from celery_tenant_gate.config.settings import GateConfig
 from celery_tenant_gate.io.broker.amqp_queues import destination_queue, is_amqp
 from celery_tenant_gate.io.broker.holding import ConfirmedProducers, hold_message, hold_request
@@ -18,7 +20,7 @@ from celery_tenant_gate.model.carrier import (
     tenant_from_headers,
     tenant_from_request,
 )
-from celery_tenant_gate.model.errors import InvalidTenantId
+from celery_tenant_gate.model.errors import InvalidTenantId, StoreUnavailable
 from celery_tenant_gate.model.held import HeldMessage, TaskRef
 from celery_tenant_gate.model.ids import compile_pattern, validate_tenant_id
 from celery_tenant_gate.model.verdicts import Verdict
@@ -115,11 +117,15 @@ class Screening:
         verdict = self.states.verdict(ctx, wait=False)
         if verdict is not Verdict.RUN and revoked():
             return None
+        if verdict is not Verdict.RUN and self.states.health.down:
+            # A hold is noted in the store, a drop recorded there: neither can be done
+            # now. The caller keeps the task and screens it again later.
+            raise StoreUnavailable(f"cannot hold or drop a task of {ctx}: the store is down")
         if verdict is Verdict.HOLD:
             queue = self.queue_for(ctx)
             # Noted before publishing: if Redis cannot take it, nothing is published
-            # and the message is requeued, rather than held where no sweep looks.
-            self.states.store.mark_held(ctx, self._clock())
+            # and the message is kept for later, rather than held where no sweep looks.
+            self._mark_held(ctx)
             hold_message(
                 self.app,
                 message,
@@ -130,8 +136,22 @@ class Screening:
             )
             self._after_hold(ctx, queue, message.headers)
         elif verdict is Verdict.DROP:
-            self._drop(ctx, _raw_of(message))
+            try:
+                self._drop(ctx, _raw_of(message))
+            except redis.RedisError as exc:
+                raise self._store_failed(ctx, exc) from exc
         return verdict
+
+    def _mark_held(self, ctx: str) -> None:
+        try:
+            self.states.store.mark_held(ctx, self._clock())
+        except redis.RedisError as exc:
+            raise self._store_failed(ctx, exc) from exc
+
+    def _store_failed(self, ctx: str, exc: redis.RedisError) -> StoreUnavailable:
+        """The store failed *exc*: taken as down (nothing waits on it until it is back)."""
+        self.states.health.failed(exc)
+        return StoreUnavailable(f"cannot hold or drop a task of {ctx}: {exc}")
 
     # -- in a pool process, right before the body -------------------------------------
 
@@ -148,6 +168,15 @@ class Screening:
             )
         ctx = self._valid(raw)
         verdict = self.states.verdict(ctx, wait=False)
+        if (
+            verdict is not Verdict.RUN
+            and self.states.health.down
+            and self.states.last_seen(ctx) is None
+        ):
+            # This pool process cannot read the store and knows nothing of the tenant;
+            # the consumer, which let the task through a moment ago, did: its verdict
+            # stands (holding here would fail, and send the task round and round).
+            verdict = Verdict.RUN
         if verdict is Verdict.HOLD:
             queue = self.queue_for(ctx)
             self.states.store.mark_held(ctx, self._clock())

@@ -19,6 +19,11 @@ class InvalidTenantId(TenantGateError, ValueError):
     """A context identifier (tenant id) is missing or malformed."""
 
 
+class StoreUnavailable(TenantGateError):
+    """The store (the shared Redis) cannot be reached now: nothing that needs it (a
+    hold, a drop, a pause) can be done until it answers again."""
+
+
 class StateAPIError(TenantGateError):
     """The State API did not give a usable answer for a tenant."""
 

@@ -11,6 +11,7 @@ logs and swallows exceptions raised in signal receivers.)
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -18,6 +19,7 @@ from typing import Any
 from celery import bootsteps
 
 from celery_tenant_gate._compat import (
+    consumer_qos,
     live_delivery_info,
     mark_acknowledged,
     request_acknowledged,
@@ -31,58 +33,50 @@ from celery_tenant_gate._compat import (
 from celery_tenant_gate.app.singletons import gate_config, gate_for
 from celery_tenant_gate.gate.gate import Gate
 from celery_tenant_gate.io.broker.holding import restore_route
+from celery_tenant_gate.model.errors import StoreUnavailable
 from celery_tenant_gate.model.verdicts import Verdict
 from celery_tenant_gate.observe.watch import WorkerWatch
 
+from .parking import Parking
 from .sweeper import Sweeper
 
 logger = logging.getLogger(__name__)
 
-#: Seconds the consumer waits before requeueing a task it could not screen.
-REQUEUE_DELAY = 0.5
-
 
 def gated(
-    gate: Gate, on_task_request: Callable[[Any], Any], timer: Any = None
+    gate: Gate, on_task_request: Callable[[Any], Any], timer: Any = None, qos: Any = None
 ) -> Callable[[Any], Any]:
     """Wrap the consumer's ``on_task_request`` with the gate. A task that cannot be
-    screened goes back to the broker after :data:`REQUEUE_DELAY`, on *timer* (the
-    consumer's, so that the event loop goes on meanwhile); without one, at once."""
+    screened is parked (:mod:`.parking`) on *timer* (the consumer's, so that the event
+    loop goes on meanwhile), widening *qos* (the consumer's prefetch count) while it
+    waits; without a timer, it goes back to the broker at once."""
     task_ready = worker_task_ready()
 
-    def requeue_now(request: Any) -> None:
+    def give_back(request: Any) -> None:
         try:
             requeue(request)
         finally:
             task_ready(request)
 
-    def gated_on_task_request(request: Any) -> Any:
+    def screened(request: Any, attempt: int) -> Any:
         task = request.task
-        if not getattr(task, "tenant_scoped", False):
-            return on_task_request(request)
         message = request_message(request)
         try:
             # A revoked or expired task is never held (Celery acks and records it).
             verdict = gate.screen(
                 message, task, request.args, request.kwargs, revoked_check(request)
             )
-        except Exception:
+        except Exception as exc:
             if _revoked(request):  # acknowledged and recorded by Celery: nothing to keep
                 return None
-            # Neither run it (its tenant may be away) nor lose it: back to the broker,
-            # after a pause, so that a broken broker or Redis is not a hot loop. The
-            # message stays unacknowledged (and counted as reserved) until then.
-            delay = REQUEUE_DELAY if timer is not None else 0.0
-            logger.exception(
-                "tenant-gate: could not screen task %s[%s]; requeued in %.1fs",
-                task.name,
-                request.id,
-                delay,
-            )
-            if timer is None:
-                requeue_now(request)
+            # Neither run it (its tenant may be away) nor lose it: keep it, still
+            # unacknowledged, and try again later.
+            if not isinstance(exc, StoreUnavailable) and attempt == 0:
+                logger.exception("tenant-gate: could not screen task %s[%s]", task.name, request.id)
+            if parking is None:
+                give_back(request)
             else:
-                timer.call_after(delay, requeue_now, (request,))
+                parking.park(request, attempt + 1, exc)
             return None
         if verdict is Verdict.RUN:
             restore_route(message.headers, live_delivery_info(request))
@@ -93,6 +87,14 @@ def gated(
         task_ready(request)
         return None
 
+    parking = None if timer is None else Parking(screened, give_back, timer, qos)
+
+    def gated_on_task_request(request: Any) -> Any:
+        if not getattr(request.task, "tenant_scoped", False):
+            return on_task_request(request)
+        return screened(request, 0)
+
+    gated_on_task_request.parking = parking  # type: ignore[attr-defined]
     return gated_on_task_request
 
 
@@ -135,7 +137,8 @@ class TenantGateStep(bootsteps.StartStopStep):  # type: ignore[misc]
         gate_config(app)  # a bad setting stops the worker here, naming the key
         self.gate = gate_for(app)
         # Wrapped here, before the Tasks step builds the strategies that capture it.
-        set_task_handler(consumer, gated(self.gate, task_handler(consumer), consumer.timer))
+        handler = gated(self.gate, task_handler(consumer), consumer.timer, consumer_qos(consumer))
+        set_task_handler(consumer, handler)
         # Every worker of an installed app takes control tasks, whatever its -Q. Added
         # to the queues to consume before the task consumer is built: adding it once
         # the consumer runs races with messages already waiting (RabbitMQ delivers
@@ -150,9 +153,14 @@ class TenantGateStep(bootsteps.StartStopStep):  # type: ignore[misc]
         if self.sweeper is None:
             self.sweeper = Sweeper(self.gate, self.gate.config.sweep_interval)
             self.sweeper.start()
+            # A tenant whose state the background look-up finds running again (or for
+            # the first time) is resumed and released by a sweep at once.
+            self.gate.states.on_runnable.append(self.sweeper.wake)
 
     def shutdown(self, consumer: Any) -> None:
         if self.sweeper is not None:
+            with contextlib.suppress(ValueError):
+                self.gate.states.on_runnable.remove(self.sweeper.wake)
             self.sweeper.stop()
             self.sweeper = None
         self.watch.stop()

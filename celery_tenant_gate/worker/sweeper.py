@@ -20,19 +20,31 @@ class Sweeper:
         self.gate = gate
         self.interval = interval
         self._stop = threading.Event()
+        self._wake = threading.Event()
         self._thread = threading.Thread(target=self._run, name="tenant-gate-sweeper", daemon=True)
 
     def start(self) -> None:
         self._thread.start()
 
+    def wake(self, *_: object) -> None:
+        """Sweep now rather than at the end of the interval (a tenant runs again)."""
+        self._wake.set()
+
     def stop(self) -> None:
         self._stop.set()
+        self._wake.set()
         if self._thread.is_alive():
             self._thread.join(5)
 
     def _run(self) -> None:
         store = self.gate.states.store
-        while not self._stop.wait(self.interval):
+        while True:
+            self._wake.wait(self.interval)
+            self._wake.clear()
+            if self._stop.is_set():
+                return
+            if self.gate.states.health.down:
+                continue  # nothing can be swept; the look-ups say when it is back
             try:
                 token = store.try_lock("_sweep", self.interval * 5)
                 if token is None:

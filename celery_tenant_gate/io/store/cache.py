@@ -4,7 +4,9 @@ shared state changes.
 redis-py's client-side caching would do this, but it refuses servers older than
 Redis 7.4; pub/sub works on every Redis. While the listener is not subscribed
 (starting, or reconnecting after a lost connection, during which changes may have
-been missed) the cache holds nothing, so every look-up reads Redis.
+been missed) the cache stores nothing new, so every look-up reads Redis; what it
+held is forgotten, unless the store itself cannot be reached: then it is kept, for a
+bounded time (:meth:`LocalCache.suspend`), since no change can be made meanwhile.
 """
 
 from __future__ import annotations
@@ -75,6 +77,19 @@ class LocalCache(Generic[V]):
             self._generations.clear()
             self.changed.notify_all()
 
+    def suspend(self, until: float) -> None:
+        """Keep serving what is cached, until *until* at the latest, but store nothing
+        new: the store cannot be read, so no change can be announced, and what this
+        process knows is all there is (:meth:`reset` ends it)."""
+        with self.changed:
+            self._epoch += 1
+            self.enabled = False
+            self._generations.clear()
+            for context_id, (expires, value) in list(self.entries.items()):
+                if expires > until:
+                    self.entries[context_id] = (until, value)
+            self.changed.notify_all()
+
     def wait_for_change(self, timeout: float) -> None:
         """Block until any tenant changes, or *timeout* seconds."""
         with self.changed:
@@ -142,7 +157,8 @@ class ChangeListener:
                 logger.exception("tenant-gate: change listener failed; restarting it")
             finally:
                 self.subscribed.clear()
-                self._on_connection(False)
+                if not self._stop.is_set():  # stopped: nobody is to be told
+                    self._on_connection(False)
                 with contextlib.suppress(Exception):  # the connection is already broken
                     pubsub.close()
             self._stop.wait(delay)
