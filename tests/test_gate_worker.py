@@ -171,6 +171,8 @@ def test_screen_asks_whether_revoked_only_before_a_hold_or_a_drop(
     gate = _gate(app)
     task = app.tasks["gateapp.work"]
     gate.pause("Cust2", "by the test")
+    for ctx in ("Cust1", "Cust3"):  # known (a tenant never seen is held at first)
+        gate.states.refresh(ctx)
     asked: list[str] = []
 
     def screen(ctx: str) -> Verdict | None:

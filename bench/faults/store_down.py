@@ -14,8 +14,9 @@ and then the running tenant's 150:
 
 Measured: the running tenant's drain rate (from the start of publishing to its last
 body) in both rounds; the paused tenant's bodies (0 until it is resumed at the end);
-how many times each of the paused tenant's messages was requeued because the gate
-could not screen it (the worker's "could not screen" log lines); at the end the
+how many times each of the paused tenant's messages went back to the broker because
+the gate could not screen it (the worker's "back to the broker" log lines; a message
+the gate keeps in the worker until the store answers is not redelivered); at the end the
 paused tenant is resumed and every task must run: lost and duplicated are counted.
 """
 
@@ -33,7 +34,7 @@ from bench.results import Result
 RUNNING, PAUSED = "Cust301", "Cust302"
 N_RUNNING, N_PAUSED = 150, 50
 RATE_GOAL = 0.9
-_REQUEUED = re.compile(r"could not screen task \S+\[([0-9a-f-]+)\]")
+_REQUEUED = re.compile(r"task ([0-9a-f-]+) could not be screened .*back to the broker")
 
 
 def _round(world: World, n: int, t_limit: float) -> tuple[float, float, bool]:
