@@ -17,6 +17,7 @@ import weakref
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Protocol
 
 import redis
 
@@ -31,6 +32,14 @@ from celery_tenant_gate.model.states import TenantState
 from celery_tenant_gate.model.verdicts import Verdict
 
 logger = logging.getLogger(__name__)
+
+
+class StoreGuardLike(Protocol):
+    """What the look-up asks of :class:`~.storeloss.StoreGuard`."""
+
+    def check(self) -> object: ...
+
+    def record_for(self, ctx: str) -> TenantRecord | None: ...
 
 
 @dataclass(frozen=True)
@@ -71,6 +80,8 @@ class TenantStates:
         self._refresher: ThreadPoolExecutor | None = None
         self._refreshing: set[str] = set()
         self._refresh_lock = threading.Lock()
+        #: Checks that the store still has its data (see :mod:`.storeloss`); None: unchecked.
+        self.store_guard: StoreGuardLike | None = None
         #: Look-ups the cache answered, and those it could not (for the metrics).
         self.hits = 0
         self.misses = 0
@@ -171,6 +182,8 @@ class TenantStates:
         token = self.cache.token(ctx)
         try:
             record = self.store.get(ctx)
+            if record is None and self.store_guard is not None:
+                record = self.store_guard.record_for(ctx)  # the store may have lost it
             due = record is None or record.is_due(self._clock())
             if due and record is not None and not wait:
                 # Decide from what is stored, for a short while; the new answer, once
@@ -311,10 +324,15 @@ class TenantStates:
                 self.store.client,
                 self.store.channel,
                 on_change=self.cache.invalidate,
-                on_connection=lambda up: self.cache.reset(enabled=up),
+                on_connection=self._on_connection,
             )
             listener.start()
             self._listener = listener
+
+    def _on_connection(self, up: bool) -> None:
+        if up and self.store_guard is not None:
+            self.store_guard.check()  # changes were missed: maybe all of them
+        self.cache.reset(enabled=up)
 
     def _has_listener(self) -> bool:
         return self._listener is not None
