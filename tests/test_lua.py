@@ -83,6 +83,7 @@ _IMPORT_FROM_THE_ZIP = """
 import json, sys
 import celery_tenant_gate.io.broker.redis_control
 import celery_tenant_gate.io.broker.redis_held
+import celery_tenant_gate.io.store.epoch
 import celery_tenant_gate.io.store.state_store
 from celery_tenant_gate.io.lua import lua_script, lua_scripts_read
 json.dump({

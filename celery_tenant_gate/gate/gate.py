@@ -17,6 +17,7 @@ from celery_tenant_gate.model.held import HeldQueues
 from .controls import TenantControls
 from .lookup import TenantStates
 from .screen import Screening
+from .storeloss import StoreGuard
 from .sweep import Sweep
 
 
@@ -55,3 +56,7 @@ class Gate(Screening):
         self.held = controls.held
         self.paused = controls.paused
         self.sweep = Sweep(config, states, held, controls, clock=clock).run
+        # The store losing its data is noticed and repaired (see .storeloss).
+        patience = max(10.0, 5 * config.sweep_interval)
+        self.store_guard = StoreGuard(states, held, patience=patience, clock=clock)
+        states.store_guard = self.store_guard

@@ -19,6 +19,7 @@ import time
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from typing import Protocol
 
 import redis
 
@@ -36,6 +37,14 @@ from .asking import StateAsker
 from .refresher import Refresher
 
 logger = logging.getLogger(__name__)
+
+
+class StoreGuardLike(Protocol):
+    """What the look-up asks of :class:`~.storeloss.StoreGuard`."""
+
+    def check(self) -> object: ...
+
+    def record_for(self, ctx: str) -> TenantRecord | None: ...
 
 
 @dataclass(frozen=True)
@@ -80,6 +89,8 @@ class TenantStates:
         #: Called with a tenant id when a background look-up finds that the tenant's
         #: state runs again (or for the first time): the worker sweeps at once.
         self.on_runnable: list[Callable[[str], None]] = []
+        #: Checks that the store still has its data (see :mod:`.storeloss`); None: unchecked.
+        self.store_guard: StoreGuardLike | None = None
         #: Look-ups the cache answered, and those it could not (for the metrics).
         self.hits = 0
         self.misses = 0
@@ -184,6 +195,8 @@ class TenantStates:
         token = self.cache.token(ctx)
         try:
             record = self.store.get(ctx)
+            if record is None and self.store_guard is not None:
+                record = self.store_guard.record_for(ctx)  # the store may have lost it
             due = record is None or record.is_due(self._clock())
             if due and not wait:
                 # Decide from what is stored (nothing: the failure policy), for a short
@@ -229,6 +242,8 @@ class TenantStates:
         """The change listener (re)subscribed, or lost its connection."""
         if up:
             self.health.recovered()
+            if self.store_guard is not None:
+                self.store_guard.check()  # changes were missed: maybe all of them
             self.cache.reset(enabled=True)
             return
         # Keep what is cached for now, bounded: if the store is down, it is all there

@@ -37,3 +37,8 @@ tenant_moved = Signal(name="tenant_moved", providing_args={"context_id", "endpoi
 tenant_backup_restored = Signal(
     name="tenant_backup_restored", providing_args={"context_id", "state"}
 )
+#: The shared store lost its data (restarted empty, flushed, failed over): sent once
+#: per process that notices, with ``sender`` = the store's key prefix (not a tenant),
+#: ``lost_epoch`` (the epoch this process knew) and ``epoch`` (the store's now, or
+#: ``"none"``). See :mod:`celery_tenant_gate.gate.storeloss`.
+store_lost = Signal(name="store_lost", providing_args={"lost_epoch", "epoch"})

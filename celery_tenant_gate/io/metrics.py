@@ -45,6 +45,9 @@ class Metrics:
     def webhook_response(self, status: int) -> None:
         """The webhook answered a notification with HTTP *status*."""
 
+    def store_lost(self) -> None:
+        """This process found that the shared store lost its data."""
+
 
 class PrometheusMetrics(Metrics):
     """:class:`Metrics` as ``prometheus_client`` counters and a histogram."""
@@ -87,6 +90,11 @@ class PrometheusMetrics(Metrics):
             "Webhook answers to notifications, by HTTP status.",
             ["status"],
         )
+        self._store_losses = counter(
+            "tenant_gate_store_losses",
+            "Times a process found the shared store had lost its data (restarted empty, "
+            "flushed, failed over).",
+        )
 
     def tasks(self, outcome: str, task_name: str, count: int = 1) -> None:
         self._tasks.labels(outcome, task_name).inc(count)
@@ -105,6 +113,9 @@ class PrometheusMetrics(Metrics):
 
     def webhook_response(self, status: int) -> None:
         self._webhook.labels(str(status)).inc()
+
+    def store_lost(self) -> None:
+        self._store_losses.inc()
 
 
 class _Process:

@@ -31,6 +31,17 @@ def count_tenant_changes() -> None:
         )
 
 
+def count_store_losses() -> None:
+    """Count every store loss this process notices (idempotent)."""
+    signals.store_lost.connect(
+        _count_store_loss, weak=False, dispatch_uid="tenant_gate.metrics.store_lost"
+    )
+
+
+def _count_store_loss(**_: Any) -> None:
+    sink.metrics().store_lost()
+
+
 def _count_change(change: str) -> Callable[..., None]:
     def receiver(**_: Any) -> None:
         sink.metrics().tenant_change(change)

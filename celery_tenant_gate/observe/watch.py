@@ -9,7 +9,7 @@ from typing import Any
 from celery_tenant_gate.gate.gate import Gate
 from celery_tenant_gate.io import metrics
 
-from .metrics import MetricsHooks, count_tenant_changes
+from .metrics import MetricsHooks, count_store_losses, count_tenant_changes
 from .task_events import TaskEvents
 
 logger = logging.getLogger(__name__)
@@ -21,6 +21,7 @@ def watch(gate: Gate) -> None:
         return
     gate.hooks.append(MetricsHooks(metrics.enable()))
     count_tenant_changes()
+    count_store_losses()
     metrics.register(
         metrics.GateCollector(
             paused=lambda: len(gate.paused()),

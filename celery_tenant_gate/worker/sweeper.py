@@ -4,6 +4,7 @@ pauses that end by themselves (see :mod:`celery_tenant_gate.gate.sweep`)."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 
@@ -38,6 +39,8 @@ class Sweeper:
 
     def _run(self) -> None:
         store = self.gate.states.store
+        with contextlib.suppress(Exception):  # the mirror from the start (else: next tick)
+            self.gate.store_guard.tick()
         while True:
             self._wake.wait(self.interval)
             self._wake.clear()
@@ -46,6 +49,9 @@ class Sweeper:
             if self.gate.states.health.down:
                 continue  # nothing can be swept; the look-ups say when it is back
             try:
+                # In every worker, swept or not: notice a store that lost its data, and
+                # keep the mirror of the paused and held tenants to write back then.
+                self.gate.store_guard.tick()
                 token = store.try_lock("_sweep", self.interval * 5)
                 if token is None:
                     continue

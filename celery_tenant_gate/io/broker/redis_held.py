@@ -37,6 +37,8 @@ __all__ = ["PRIORITY_STEPS", "SEP", "RedisHeldQueues"]
 
 logger = logging.getLogger(__name__)
 
+_GLOB_SPECIAL = re.compile(r"[*?\[\]\\]")  # escaped in a SCAN MATCH pattern
+
 # Moves a bounded chunk of held messages, as stored, to the queues their headers name.
 _RELEASE = lua_script(__package__, "release")
 
@@ -111,6 +113,18 @@ class RedisHeldQueues:
 
     def count(self, queue: str) -> int:
         return self.counts([queue])[queue]
+
+    def tenants(self) -> list[str]:
+        """The tenants whose queue holds messages (kombu deletes an empty list), sorted.
+        A SCAN of the broker's keys: for recovering a lost store, never the hot path."""
+        pattern = _GLOB_SPECIAL.sub(r"\\\g<0>", self.queue_template).replace("{ctx}", "*")
+        found = set()
+        for key in self.client.scan_iter(match=pattern, count=1000):
+            queue = (key.decode() if isinstance(key, bytes) else str(key)).split(SEP)[0]
+            tenant = self._tenant_of.fullmatch(queue)
+            if tenant:
+                found.add(tenant["ctx"])
+        return sorted(found)
 
     def counts(self, queues: Sequence[str]) -> dict[str, int]:
         pipe = self.client.pipeline(transaction=False)

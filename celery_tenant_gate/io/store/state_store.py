@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import re
 import secrets
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import redis
@@ -48,6 +49,15 @@ def connect(url: str) -> redis.Redis:
     )
 
 
+@dataclass(frozen=True)
+class Pause:
+    """A pause as the store has it."""
+
+    at: float
+    by: str
+    reason: str
+
+
 _ALWAYS = 1e300  # a guard no stored observation time exceeds
 _GLOB_SPECIAL = re.compile(r"[*?\[\]\\]")  # escaped in a SCAN MATCH pattern
 
@@ -66,6 +76,9 @@ class StateStore:
         self._unlock = client.register_script(_UNLOCK)
         self._renew = client.register_script(_RENEW)
         self._notified = client.register_script(_NOTIFIED)
+        #: Told of each pause (a Pause), resume (None) and hold (when) written by this
+        #: process: ``on_write(ctx, pause, held_at)`` (see gate/storeloss.py's mirror).
+        self.on_write: Callable[[str, Any, float | None], None] | None = None
 
     def key(self, context_id: str) -> str:
         return f"{self.prefix}:tenant:{context_id}"
@@ -128,6 +141,8 @@ class StateStore:
             keys=[self.key(context_id), self.paused_key],
             args=["1" if paused else "0", reason, repr(at), self.channel, context_id, by],
         )
+        if self.on_write is not None and (changed or not paused):
+            self.on_write(context_id, Pause(at, by, reason) if paused else None, None)
         return bool(changed)
 
     def set_fields(self, context_id: str, fields: Mapping[str, str]) -> TenantRecord:
@@ -143,6 +158,8 @@ class StateStore:
     def mark_held(self, context_id: str, at: float) -> None:
         """Note that the tenant's queue may hold messages (so a sweep looks at it)."""
         self.client.zadd(self.held_key, {context_id: at})
+        if self.on_write is not None:
+            self.on_write(context_id, None, at)
 
     def unmark_held(self, context_id: str) -> None:
         self.client.zrem(self.held_key, context_id)
