@@ -41,7 +41,7 @@ def run(redis_url: str | None = None, quick: bool = False) -> list[Result]:
         states = TenantStates.from_config(config)
         stack.callback(states.close)
         assert states.may_run("Cust1")
-        listener = states._listener
+        listener = states.watch.listener
         assert listener is not None and listener.subscribed.wait(10)
         assert states.may_run("Cust1")  # cached from here on
 

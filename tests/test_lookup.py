@@ -265,7 +265,7 @@ def test_the_cache_survives_a_lost_change_connection(
 ) -> None:
     superoffice.set_state("Cust1", "Running")
     assert states.may_run("Cust1")
-    listener = states._listener
+    listener = states.watch.listener
     assert listener is not None and listener.subscribed.wait(5)
     redis_client.client_kill_filter(_type="pubsub")
     # Whatever changed while it was away is read from Redis, and new changes arrive.
@@ -318,7 +318,7 @@ def test_eight_processes_asking_for_a_cold_tenant_make_one_call(
 def _watch(config: GateConfig, ready: Any, results: Any) -> None:
     states = TenantStates.from_config(config)
     assert states.may_run("Cust8")
-    listener = states._listener
+    listener = states.watch.listener
     assert listener is not None and listener.subscribed.wait(10)
     assert states.may_run("Cust8")  # now served from this process's memory
     ready.set()

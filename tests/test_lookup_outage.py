@@ -113,7 +113,7 @@ def test_with_the_store_down_known_tenants_are_decided_without_waiting_for_a_bou
         assert states.verdict("Cust2") is Verdict.RUN
         states.set_paused("Cust2", True, reason="by hand")
         assert states.verdict("Cust2") is Verdict.HOLD
-        listener = states._listener
+        listener = states.watch.listener
         assert listener is not None and listener.subscribed.wait(5)
 
         with caplog.at_level(logging.WARNING, logger="celery_tenant_gate"):

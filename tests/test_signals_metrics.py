@@ -149,6 +149,8 @@ def test_a_run_is_told_by_signals_metrics_and_events(
     superoffice.set_state("Cust3", "Deleted", valid_for=60)
     app = local_app(env)
     gate = gate_for(app)
+    for ctx in ("Cust2", "Cust3"):  # known: a tenant never seen is held at first
+        gate.states.refresh(ctx)
     work = app.tasks["gateapp.work"]
     worker = harness.worker("prefork", concurrency=2)
     main_pid = worker.process.pid

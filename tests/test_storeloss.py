@@ -255,11 +255,11 @@ def test_a_store_restarted_empty_is_restored_when_the_listener_resubscribes(
         states.set_paused(MANUAL, True, reason="by hand", by="manual")
         guard.tick()
         assert states.verdict(RUNNING) is Verdict.RUN  # starts the listener
-        assert states._listener is not None and states._listener.subscribed.wait(10)
+        assert states.watch.listener is not None and states.watch.listener.subscribed.wait(10)
         store.down(keep_data=False)
         store.up()
         assert lost.wait(15), "the loss was not noticed on resubscribing"
-        assert states._listener.subscribed.wait(10)
+        assert states.watch.listener.subscribed.wait(10)
         assert paused_by(states, MANUAL)[:2] == (True, "manual")
     finally:
         signals.store_lost.disconnect(receiver)

@@ -14,18 +14,15 @@ from __future__ import annotations
 
 import logging
 import os
-import threading
 import time
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Protocol
 
 import redis
 
 from celery_tenant_gate.config.settings import GateConfig
-from celery_tenant_gate.io.store.cache import ChangeListener, LocalCache
-from celery_tenant_gate.io.store.health import StoreHealth
+from celery_tenant_gate.io.store.cache import LocalCache
 from celery_tenant_gate.io.store.state_store import StateStore, connect
 from celery_tenant_gate.io.superoffice.state_api import StateClient
 from celery_tenant_gate.model.ids import compile_pattern, validate_tenant_id
@@ -35,16 +32,9 @@ from celery_tenant_gate.model.verdicts import Verdict
 
 from .asking import StateAsker
 from .refresher import Refresher
+from .watching import StoreGuardLike, StoreWatch
 
 logger = logging.getLogger(__name__)
-
-
-class StoreGuardLike(Protocol):
-    """What the look-up asks of :class:`~.storeloss.StoreGuard`."""
-
-    def check(self) -> object: ...
-
-    def record_for(self, ctx: str) -> TenantRecord | None: ...
 
 
 @dataclass(frozen=True)
@@ -81,16 +71,22 @@ class TenantStates:
         self._pattern = compile_pattern(config.tenant_id_pattern)
         #: The last record seen per tenant: what is left when Redis cannot be read.
         self._last_seen: dict[str, TenantRecord] = {}
-        self._listener: ChangeListener | None = None
-        self._listener_lock = threading.Lock()
         self._refresher = Refresher()
+        #: Checks that the store still has its data (see :mod:`.storeloss`); None: unchecked.
+        self.store_guard: StoreGuardLike | None = None
+        #: The change listener and whether the store answers (see :mod:`.watching`).
+        self.watch = StoreWatch(
+            store,
+            lambda: self.cache,
+            lambda: self.store_guard,
+            config.store_outage_grace,
+            clock=clock,
+        )
         #: Whether the store answers; while it does not, nothing here waits on it.
-        self.health = StoreHealth(self._ping, on_recovered=self._store_recovered, clock=clock)
+        self.health = self.watch.health
         #: Called with a tenant id when a background look-up finds that the tenant's
         #: state runs again (or for the first time): the worker sweeps at once.
         self.on_runnable: list[Callable[[str], None]] = []
-        #: Checks that the store still has its data (see :mod:`.storeloss`); None: unchecked.
-        self.store_guard: StoreGuardLike | None = None
         #: Look-ups the cache answered, and those it could not (for the metrics).
         self.hits = 0
         self.misses = 0
@@ -176,12 +172,8 @@ class TenantStates:
 
     def close(self) -> None:
         """Stop listening for changes (the cache stays off until used again)."""
-        with self._listener_lock:
-            listener, self._listener = self._listener, None
-        if listener is not None:
-            listener.stop()
+        self.watch.close()
         self._refresher.shutdown()
-        self.health.close()
         self.cache.reset(enabled=False)
 
     # -- the slow path ------------------------------------------------------------
@@ -189,7 +181,7 @@ class TenantStates:
     def _lookup(self, context_id: str, *, wait: bool = True) -> Known:
         self.misses += 1
         ctx = validate_tenant_id(context_id, self._pattern)
-        self._ensure_listening()
+        self.watch.ensure_listening()
         if self.health.down:
             return self._offline(ctx)
         token = self.cache.token(ctx)
@@ -228,29 +220,6 @@ class TenantStates:
 
     def _wait_for_change(self, timeout: float) -> None:
         self.cache.wait_for_change(timeout)  # the cache of now: a forked child has its own
-
-    def _ping(self) -> None:
-        self.store.client.ping()
-
-    def _store_recovered(self) -> None:
-        # Changes may have been missed; what is cached is read anew (stored only
-        # once the listener is subscribed again).
-        listener = self._listener
-        self.cache.reset(enabled=listener is not None and listener.subscribed.is_set())
-
-    def _on_connection(self, up: bool) -> None:
-        """The change listener (re)subscribed, or lost its connection."""
-        if up:
-            self.health.recovered()
-            if self.store_guard is not None:
-                self.store_guard.check()  # changes were missed: maybe all of them
-            self.cache.reset(enabled=True)
-            return
-        # Keep what is cached for now, bounded: if the store is down, it is all there
-        # is; if only the channel broke, the probe finds the store up at once and
-        # the cache is emptied (changes may be missed until the listener is back).
-        self.cache.suspend(self._clock() + self.config.store_outage_grace)
-        self.health.failed("lost the change channel")
 
     def _remember(
         self,
@@ -296,34 +265,11 @@ class TenantStates:
         self.cache.invalidate(ctx)
         return record
 
-    # -- listening ----------------------------------------------------------------
-
-    def _ensure_listening(self) -> None:
-        if self._listener is not None:
-            return
-        with self._listener_lock:
-            if self._has_listener():
-                return
-            listener = ChangeListener(
-                self.store.client,
-                self.store.channel,
-                on_change=self.cache.invalidate,
-                on_connection=self._on_connection,
-                reconnect_delay_max=2.0,
-            )
-            listener.start()
-            self._listener = listener
-
-    def _has_listener(self) -> bool:
-        return self._listener is not None
-
     def _after_fork(self) -> None:
         # The parent's listener thread does not exist here, and its cache may miss
         # changes from now on: start over.
-        self._listener = None
-        self._listener_lock = threading.Lock()
+        self.watch.after_fork()
         self._refresher.after_fork()  # the parent's threads do not exist here
-        self.health.after_fork()
         self.cache = LocalCache(self.config.local_cache_size)
         self._last_seen = {}
         self.client.forget_connections()
