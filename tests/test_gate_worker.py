@@ -453,6 +453,27 @@ def _now(harness: Harness) -> float:
     return float(seconds) + micros / 1e6
 
 
+def test_a_slow_answer_for_a_new_tenant_delays_no_other_tenant_and_its_tasks_run_in_order(
+    env: dict[str, str], harness: Harness, superoffice: FakeSuperOffice
+) -> None:
+    # The State API takes 4 s to answer about Cust5, never seen. Its tasks, published
+    # first, are held at once; Cust1's (known) run meanwhile; Cust5's run, in order,
+    # once the answer is in.
+    superoffice.set_state("Cust1", "Running")
+    superoffice.set_state("Cust5", "Running", delay=4.0)
+    app = _app(env)
+    gate = _gate(app)
+    gate.states.refresh("Cust1")
+    work = app.tasks["gateapp.work"]
+    harness.worker("solo")
+    new = [work.delay("Cust5", n).id for n in range(5)]
+    known = [work.delay("Cust1", n).id for n in range(5)]
+    harness.wait_ids(set(new) | set(known))
+    order = [(r["ctx"], r["n"]) for r in harness.ran_now()]
+    assert order == [("Cust1", n) for n in range(5)] + [("Cust5", n) for n in range(5)]
+    assert superoffice.calls("Cust5") == 1  # asked once, in the background
+
+
 def test_a_task_that_cannot_be_held_waits_in_the_worker_and_is_held_later(
     env: dict[str, str], harness: Harness, superoffice: FakeSuperOffice
 ) -> None:
