@@ -45,12 +45,13 @@ RELEASE = f"RPUSH {WORK} {_message(tenant_gate_held=1)}"
 def test_popped_and_never_recorded_is_kombus_window() -> None:
     assert _verdict(_trace(PUBLISH)) == (
         True,
-        f"pushed to {WORK}, then popped and never recorded as unacknowledged "
-        "(kombu's window, kombu#305)",
+        f"delivered 0 time(s), held 0 time(s); pushed to {WORK}, then popped "
+        "and never recorded as unacknowledged (kombu's window, kombu#305)",
     )
     # Held, released, then popped and lost the same way: still kombu's window.
     by_broker, why = _verdict(_trace(PUBLISH, DELIVER, HOLD, ACK, RELEASE))
-    assert by_broker and why.startswith("held 1 time(s), pushed to p.work, then popped")
+    assert by_broker
+    assert why.startswith("delivered 1 time(s), held 1 time(s); pushed to p.work, then")
     # Delivered, the worker killed, restored by kombu (HDEL, then a push): the same.
     restored = _trace(PUBLISH, DELIVER, f"ZREM unacked_index {TAG1}", ACK, PUBLISH)
     assert _verdict(restored)[0]
@@ -60,21 +61,21 @@ def test_acknowledged_without_a_copy_or_a_run_is_the_gates() -> None:
     # A hold that acknowledged before pushing its copy, and died.
     assert _verdict(_trace(PUBLISH, DELIVER, ACK)) == (
         False,
-        f"delivered from {WORK} and acknowledged unrun",
+        f"delivered 1 time(s), held 0 time(s); delivered from {WORK} and acknowledged unrun",
     )
     # Delivered again after a release, and acknowledged without running.
     second = f'HSET unacked {TAG2} [{_message()}, "", "{WORK}"]'
     found = _trace(PUBLISH, DELIVER, HOLD, ACK, RELEASE, second, f"HDEL unacked {TAG2}")
     assert _verdict(found) == (
         False,
-        f"held 1 time(s), delivered from {WORK} and acknowledged unrun",
+        f"delivered 2 time(s), held 1 time(s); delivered from {WORK} and acknowledged unrun",
     )
 
 
 def test_held_and_never_released_is_the_gates() -> None:
     assert _verdict(_trace(PUBLISH, DELIVER, HOLD, ACK)) == (
         False,
-        f"held 1 time(s), gone from {TENANT} without a release",
+        f"delivered 1 time(s), held 1 time(s); gone from {TENANT} without a release",
     )
 
 

@@ -90,7 +90,8 @@ def verdict(events: Sequence[Event], is_tenant_queue: Callable[[str], bool], lef
     last = events[pushes[-1]]
     after = [event.kind for event in events[pushes[-1] + 1 :]]
     held = sum(1 for i in pushes if is_tenant_queue(events[i].where))
-    history = f"held {held} time(s), " if held else ""
+    delivered = sum(1 for event in events if event.kind == "record")
+    history = f"delivered {delivered} time(s), held {held} time(s); "
     if is_tenant_queue(last.where):
         return Verdict(False, f"{history}gone from {last.where} without a release")
     if "record" not in after:
