@@ -110,7 +110,8 @@ class Monitor:
     def __init__(self, url: str) -> None:
         self.trace = Trace()
         self._client = redis.Redis.from_url(url)
-        self._monitor: Any = self._client.monitor().__enter__()
+        client: Any = self._client  # redis-py leaves monitor() unannotated
+        self._monitor: Any = client.monitor().__enter__()
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._mark = f"tgfault-sync-{uuid.uuid4().hex}"
@@ -143,13 +144,11 @@ class Monitor:
         """Where each of *task_ids* still is in Redis (a list or ``unacked``); absent
         if nowhere."""
         wanted, found = set(task_ids), {}
-        client = self._client
+        client: Any = self._client
         keys = [*client.scan_iter(_type="list", count=1000), UNACKED.encode()]
         for key in keys:
-            if key == UNACKED.encode():
-                items: Iterable[bytes] = client.hvals(key)
-            else:
-                items = client.lrange(key, 0, -1)
+            is_hash = key == UNACKED.encode()
+            items = client.hvals(key) if is_hash else client.lrange(key, 0, -1)
             for item in items:
                 for task_id in set(TASK_ID.findall(item.decode(errors="replace"))) & wanted:
                     found[task_id] = key.decode(errors="replace")
