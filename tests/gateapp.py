@@ -86,6 +86,7 @@ def make_app(env: Mapping[str, str]) -> Celery:
             api=self.tenant.api,
             held=_header(self.request, "tenant_gate_held"),
             priority=(self.request.delivery_info or {}).get("priority"),
+            routing_key=(self.request.delivery_info or {}).get("routing_key"),
         )
         return n
 

@@ -254,6 +254,7 @@ def test_check_asks_the_state_api_now_and_says_what_the_gate_decides(
         "Cust14", "OfflineMaintenance", valid_for=60, endpoint="https://online5.superoffice.com"
     )
     calls = fake.calls("Cust14")
+    fake.not_found("Cust404")  # the State API at a wrong URL
     api_down = {**env, "GATE_STATE_API": "http://127.0.0.1:9/api/state"}
     runs = [
         start(env, "check", "Cust14"),

@@ -208,7 +208,7 @@ def test_an_unconfirmed_delete_drops_after_the_timeout(
     app = gateapp.make_app(env)
     gate = gate_for(app)
     harness.worker("solo")
-    superoffice.forget("Cust3")  # 404 from now on: never Deleted, never Running
+    superoffice.forget("Cust3")  # State Unknown from now on: never Deleted, never Running
     notify(app, ChangeType.Delete, "Cust3")
     wait_until(lambda: _paused(gate, "Cust3"), what="paused")
     app.tasks["gateapp.work"].delay("Cust3", 1)

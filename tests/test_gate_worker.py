@@ -372,6 +372,51 @@ def test_a_task_sent_routed_to_its_held_queue_is_released_where_it_came_from(
     assert len(harness.ran_now()) == 3
 
 
+@pytest.mark.parametrize("broker", ["amqp"], indirect=True)
+def test_a_route_header_set_by_the_producer_does_not_decide_where_a_release_goes(
+    env: dict[str, str], harness: Harness, superoffice: FakeSuperOffice, amqp_url: str
+) -> None:
+    # A producer can set any header. RabbitMQ releases a held task by the route the
+    # broker delivered it by: one whose header names another queue, or its own tenant
+    # queue, runs after the resume from the queue it was published to, and no other
+    # queue gets it.
+    from kombu import Connection
+
+    superoffice.set_state("Cust1", "Running")
+    app = _app(env)
+    gate = _gate(app)
+    work = app.tasks["gateapp.work"]
+    held_queue, work_queue = gate.queue_for("Cust1"), f"{env['GATE_PREFIX']}:q.work"
+    decoy = f"{env['GATE_PREFIX']}:q.decoy"
+    with Connection(amqp_url) as conn:
+        conn.default_channel.queue_declare(decoy, durable=False, auto_delete=False)
+    try:
+        gate.pause("Cust1", "by the test")
+        sent = [
+            work.apply_async(
+                ("Cust1", n), headers={"tenant_gate_route": {"exchange": "", "routing_key": to}}
+            )
+            for n, to in enumerate([decoy, held_queue])
+        ]
+        sent.append(work.delay("Cust1", 2))
+        harness.worker("solo")
+        wait_until(lambda: gate.state("Cust1").held == 3, what="3 held")
+
+        assert gate.resume("Cust1") == 3
+        ran = harness.wait_ran(3)
+        assert [r["id"] for r in ran] == [r.id for r in sent]
+        assert [r["routing_key"] for r in ran] == [work_queue] * 3
+        with Connection(amqp_url) as conn:
+            channel = conn.default_channel
+            left = {q: channel.queue_declare(q, passive=True)[1] for q in (decoy, held_queue)}
+        assert left == {decoy: 0, held_queue: 0}
+        assert gate.state("Cust1").held == 0
+        assert len(harness.ran_now()) == 3
+    finally:
+        with Connection(amqp_url) as conn:
+            conn.default_channel.queue_delete(decoy)
+
+
 def test_a_released_task_that_retries_goes_back_to_its_own_queue(
     env: dict[str, str], harness: Harness, superoffice: FakeSuperOffice
 ) -> None:

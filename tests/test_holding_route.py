@@ -3,6 +3,7 @@ from a message that was held, and only a usable one. Headers are untrusted input
 
 from __future__ import annotations
 
+from celery_tenant_gate.io.broker.amqp_release import route_of
 from celery_tenant_gate.io.broker.holding import RELEASE_EXCHANGE, held_headers, restore_route
 
 
@@ -38,3 +39,18 @@ def test_a_retry_takes_the_route_back_only_from_a_held_message_with_a_usable_one
         {"tenant_gate_held": 2, "tenant_gate_route": {"exchange": "", "routing_key": "w"}}, info
     )
     assert info == {"exchange": "", "routing_key": "w"}
+
+
+def test_a_release_by_re_publishing_takes_only_a_usable_route_header() -> None:
+    # RabbitMQ, a held message that the release re-publishes: its route header is read
+    # back from the broker, so a broken or hostile one sends it to the default queue.
+    good = {"exchange": "celery", "routing_key": "work"}
+    assert route_of({"tenant_gate_route": good}, "default") == ("celery", "work")
+    for bad in (
+        "garbage",
+        {"exchange": 1, "routing_key": "work"},
+        {"exchange": "", "routing_key": "work\x06\x163"},
+        {"exchange": "", "routing_key": ""},
+        {"exchange": "x" * 256, "routing_key": "work"},
+    ):
+        assert route_of({"tenant_gate_route": bad}, "default") == ("", "default"), bad

@@ -83,6 +83,10 @@ def test_a_tenant_superoffice_does_not_know_is_a_state_not_a_failure(
     client = StateClient(superoffice.state_api_url, breaker=CircuitBreaker(1, 60.0))
     assert client.get("Cust9").state is State.UNKNOWN
     assert client.get("Cust9").state is State.UNKNOWN  # the breaker counted no failure
+    # A tenant the fake was never told about: its answer, as SuperOffice's.
+    never = client.get("Cust10")
+    assert (never.state, never.is_running, never.endpoint) == (State.UNKNOWN, False, "")
+    assert never.valid_until is not None
 
 
 @pytest.mark.parametrize(

@@ -30,8 +30,22 @@ def test_fake_superoffice_counts_calls_and_plays_scripts(superoffice: FakeSuperO
     assert requests.get(url, timeout=5).status_code == 503
     answer = requests.get(url, timeout=5).json()
     assert answer["State"] == "Suspended" and answer["IsRunning"] is False
+    # A tenant it does not know: 200, State Unknown (0), not running, as SuperOffice.
+    unknown = requests.get(f"{superoffice.state_api_url}/Cust2", timeout=5)
+    assert unknown.status_code == 200
+    body = unknown.json()
+    assert (body["ContextIdentifier"], body["State"], body["IsRunning"]) == (
+        "Cust2",
+        "Unknown",
+        False,
+    )
+    superoffice.not_found("Cust2")  # a 404 only when told
     assert requests.get(f"{superoffice.state_api_url}/Cust2", timeout=5).status_code == 404
-    assert superoffice.calls("Cust1") == 2 and superoffice.calls() == 3
+    superoffice.set_state("Cust2", "Running")
+    assert requests.get(f"{superoffice.state_api_url}/Cust2", timeout=5).json()["IsRunning"]
+    superoffice.forget("Cust1")  # unknown again
+    assert requests.get(url, timeout=5).json()["State"] == "Unknown"
+    assert superoffice.calls("Cust1") == 3 and superoffice.calls() == 6
 
 
 def test_dotnet_timestamps_have_seven_digits_and_read_back() -> None:

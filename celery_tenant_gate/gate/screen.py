@@ -63,12 +63,12 @@ class Screening:
         self._amqp = is_amqp(app)
         self._confirmed = ConfirmedProducers(app) if self._amqp else None
 
-    def _destination(self, headers: Any, delivery_info: Any) -> str | None:
+    def _destination(self, delivery_info: Any) -> str | None:
         # RabbitMQ only: a copy held through the hold exchange is released by the
         # broker itself (dead-lettering), when the queue it was meant for is known.
         if not self._amqp or not self.config.amqp_release_by_broker:
             return None
-        return destination_queue(self.app, headers, delivery_info)
+        return destination_queue(self.app, delivery_info)
 
     def _valid(self, raw: object) -> str:
         """*raw* as a tenant id, checked (see :func:`validate_tenant_id`)."""
@@ -132,7 +132,7 @@ class Screening:
                 queue,
                 producers=self._confirmed,
                 amqp=self._amqp,
-                destination=self._destination(message.headers, message.delivery_info),
+                destination=self._destination(message.delivery_info),
             )
             self._after_hold(ctx, queue, message.headers)
         elif verdict is Verdict.DROP:
@@ -186,7 +186,7 @@ class Screening:
                 ctx,
                 producers=self._confirmed,
                 amqp=self._amqp,
-                destination=self._destination(request.headers, request.delivery_info),
+                destination=self._destination(request.delivery_info),
             )
             self._after_hold(ctx, queue, {"id": request.id, "task": task.name})
         elif verdict is Verdict.DROP:

@@ -77,7 +77,23 @@ class Reply:
 class _Tenant:
     document: dict[str, Any] | None = None
     delay: float = 0.0
+    #: Answer 404 (see :meth:`FakeSuperOffice.not_found`).
+    not_found: bool = False
     script: deque[Reply] = field(default_factory=deque)
+
+
+def unknown_document(context_id: str, valid_for: float = 60.0) -> dict[str, Any]:
+    """What the State API answers (200) for a tenant it does not know: the documented
+    answer with ``State: Unknown`` (0) and ``IsRunning: false``. The documentation does
+    not say what ``Endpoint`` and ``Api`` hold then: empty here."""
+    return {
+        "ContextIdentifier": context_id,
+        "Endpoint": "",
+        "State": "Unknown",
+        "IsRunning": False,
+        "ValidUntil": dotnet_timestamp(datetime.now(timezone.utc) + timedelta(seconds=valid_for)),
+        "Api": "",
+    }
 
 
 def dotnet_timestamp(when: datetime) -> str:
@@ -346,14 +362,15 @@ class FakeSuperOffice:
         document.update(extra)
         with self._lock:
             tenant = self._tenants.setdefault(context_id, _Tenant())
-            tenant.document = document
+            tenant.document, tenant.not_found = document, False
             if delay is not None:
                 tenant.delay = delay
 
     def set_document(self, context_id: str, document: Any) -> None:
         """Answer exactly this JSON value for the tenant from now on."""
         with self._lock:
-            self._tenants.setdefault(context_id, _Tenant()).document = document
+            tenant = self._tenants.setdefault(context_id, _Tenant())
+            tenant.document, tenant.not_found = document, False
 
     def set_delay(self, context_id: str, delay: float) -> None:
         with self._lock:
@@ -365,9 +382,17 @@ class FakeSuperOffice:
             self._tenants.setdefault(context_id, _Tenant()).script.extend(replies)
 
     def forget(self, context_id: str) -> None:
-        """Answer 404 for the tenant from now on."""
+        """Forget the tenant (its state, script, delay): from now on it answers as
+        SuperOffice does for a tenant it does not know, 200 with ``State: Unknown``
+        (see :func:`unknown_document`)."""
         with self._lock:
             self._tenants.pop(context_id, None)
+
+    def not_found(self, context_id: str) -> None:
+        """Answer 404 for the tenant from now on (after its script), as the real State
+        API never does for a tenant: the way to test a wrong URL."""
+        with self._lock:
+            self._tenants.setdefault(context_id, _Tenant()).not_found = True
 
     def calls(self, context_id: str | None = None) -> int:
         """State API calls received (for one tenant, or in all)."""
@@ -383,21 +408,24 @@ class FakeSuperOffice:
     def _answer(self, context_id: str) -> tuple[Reply, float]:
         with self._lock:
             self._calls[context_id] += 1
-            tenant = self._tenants.get(context_id)
-            if tenant is None:
-                return Reply(status=404, body=b'{"Message":"Not found"}'), 0.0
+            tenant = self._tenants.get(context_id) or _Tenant()
+            document = tenant.document
+            if document is None:
+                document = unknown_document(context_id)
             if tenant.script:
                 reply = tenant.script.popleft()
                 if reply.body is None and reply.status == 200:
                     reply = Reply(
                         200,
-                        json.dumps(tenant.document).encode(),
+                        json.dumps(document).encode(),
                         reply.headers,
                         reply.delay,
                         reply.content_type,
                     )
                 return reply, reply.delay or tenant.delay
-            return Reply(body=json.dumps(tenant.document).encode()), tenant.delay
+            if tenant.not_found:
+                return Reply(status=404, body=b'{"Message":"Not found"}'), tenant.delay
+            return Reply(body=json.dumps(document).encode()), tenant.delay
 
     def _answer_jwks(self) -> Reply:
         with self._lock:

@@ -16,7 +16,6 @@ from kombu.connection import Connection
 from kombu.entity import Exchange, Queue
 
 from celery_tenant_gate._compat import amqp_keep_bytes
-from celery_tenant_gate.model.carrier import ROUTE_HEADER
 
 #: The exchange that hold copies go through. Each tenant queue is bound to it by its
 #: own name. A copy is published with the queue it was meant for as its routing key
@@ -55,13 +54,16 @@ def dead_lettering_queue(name: str) -> Queue:
     )
 
 
-def destination_queue(app: Any, headers: Any, delivery_info: Any) -> str | None:
-    """The queue a message was meant for, when its route names exactly one: the
-    default exchange, or a direct exchange one of the app's queues is bound to with
-    that routing key; else None. The route is the one it was first published with (the
-    ``tenant_gate_route`` header of a message held before), else how it came."""
-    route = (headers or {}).get(ROUTE_HEADER)
-    info = route if isinstance(route, dict) else (delivery_info or {})
+def destination_queue(app: Any, delivery_info: Any) -> str | None:
+    """The queue a message was meant for, when the route the broker delivered it by
+    names exactly one: the default exchange, :data:`RELEASE_EXCHANGE` (a released
+    message keeps its routing key) or a direct exchange one of the app's queues is
+    bound to with that routing key; else None.
+
+    Only the broker's delivery info counts: a ``tenant_gate_route`` header can be set
+    by any producer, to anything (a task routed to its own tenant queue would stay held
+    for ever, one routed elsewhere would be released there)."""
+    info = delivery_info if isinstance(delivery_info, dict) else {}
     exchange, routing_key = info.get("exchange") or "", info.get("routing_key") or ""
     if not isinstance(exchange, str) or not isinstance(routing_key, str) or not routing_key:
         return None

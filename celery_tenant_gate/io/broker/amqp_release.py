@@ -27,6 +27,7 @@ from celery_tenant_gate.model.held import OnMoved, TaskRef
 from .amqp_consume import Consumer
 from .amqp_publish import Confirms, Sent
 from .amqp_queues import HOLD_EXCHANGE, bind_for_release, exchange_exists
+from .holding import usable_route
 
 #: Set on every released message: the marker given to the release.
 RELEASED_HEADER = "tenant_gate_released"
@@ -52,13 +53,10 @@ class HeldReleaseError(TenantGateError):
 
 def route_of(headers: dict[str, Any], default_queue: str) -> tuple[str, str]:
     """The exchange and routing key a held message was meant for: its
-    ``tenant_gate_route`` header, else the default exchange and *default_queue*."""
-    route = headers.get(ROUTE_HEADER)
-    if isinstance(route, dict):
-        exchange, routing_key = route.get("exchange"), route.get("routing_key")
-        if isinstance(exchange, str) and isinstance(routing_key, str):
-            return exchange, routing_key
-    return "", default_queue
+    ``tenant_gate_route`` header (the route its first hold recorded) when usable (see
+    :func:`.holding.usable_route`: read back, so untrusted), else the default exchange
+    and *default_queue*."""
+    return usable_route(headers.get(ROUTE_HEADER)) or ("", default_queue)
 
 
 def _holds(headers: dict[str, Any]) -> int:
