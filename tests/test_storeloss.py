@@ -65,6 +65,8 @@ def other_states(config: GateConfig) -> Iterator[TenantStates]:
 def guard_for(states: TenantStates, clock: Clock, *holding: str) -> StoreGuard:
     guard = StoreGuard(states, BrokerQueues(*holding), patience=30.0, clock=clock)
     states.store_guard = guard
+    # One clock for the guard and the look-ups: a stand-in's second is the same second.
+    states._clock = clock
     return guard
 
 
