@@ -216,7 +216,12 @@ def test_an_unconfirmed_delete_drops_after_the_timeout(
     assert harness.ran_now() == []
 
 
-def test_move_switches_the_endpoint_for_the_next_task(
+def _api_of(gate: Any, ctx: str) -> str:
+    record = gate.states.store.get(ctx)
+    return record.state.api if record is not None and record.state is not None else ""
+
+
+def test_move_switches_to_the_endpoint_the_state_api_confirms(
     env: dict[str, str], harness: Harness, superoffice: FakeSuperOffice
 ) -> None:
     superoffice.set_state(
@@ -229,17 +234,40 @@ def test_move_switches_the_endpoint_for_the_next_task(
     work.delay("Cust4", 1)
     (first,) = harness.wait_ran(1)
     assert first["api"] == "https://online1.superoffice.com/Cust4/api"
+    # SuperOffice moved it: its State API says so, and the notification names the host.
+    superoffice.set_state(
+        "Cust4", "Running", valid_for=3600, endpoint="https://online7.superoffice.com"
+    )
     notify(app, ChangeType.Move, "Cust4", public_endpoint="online7.superoffice.com")
     wait_until(
-        lambda: (
-            (gate.states.store.get("Cust4") or gate.state("Cust4").record).state.api  # type: ignore[union-attr]
-            == "https://online7.superoffice.com/Cust4/api"
-        ),
+        lambda: _api_of(gate, "Cust4") == "https://online7.superoffice.com/Cust4/api",
         what="the new endpoint stored",
     )
+    assert not _paused(gate, "Cust4")
     work.delay("Cust4", 2)
     second = harness.wait_ran(2)[1]
     assert second["api"] == "https://online7.superoffice.com/Cust4/api"
+
+
+def test_a_move_the_state_api_does_not_confirm_changes_no_endpoint(
+    env: dict[str, str], harness: Harness, superoffice: FakeSuperOffice
+) -> None:
+    # A captured token re-sent as a Move to a host of the attacker's: the State API
+    # still says online1. The endpoint stays; the tenant waits for one more answer.
+    superoffice.set_state(
+        "Cust4", "Running", valid_for=3600, endpoint="https://online1.superoffice.com"
+    )
+    app = gateapp.make_app(env)
+    gate = gate_for(app)
+    harness.worker("solo")
+    notify(app, ChangeType.Move, "Cust4", public_endpoint="evil.example.com")
+    wait_until(lambda: _paused(gate, "Cust4"), what="paused: the move is not confirmed")
+    assert _api_of(gate, "Cust4") == "https://online1.superoffice.com/Cust4/api"
+    wait_until(lambda: not _paused(gate, "Cust4"), what="resumed after the State API is asked")
+    work = app.tasks["gateapp.work"]
+    work.delay("Cust4", 1)
+    (ran,) = harness.wait_ran(1)
+    assert ran["api"] == "https://online1.superoffice.com/Cust4/api"
 
 
 def test_a_late_notification_does_not_undo_a_newer_one(

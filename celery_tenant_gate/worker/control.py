@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
+from urllib.parse import urlsplit
 
 from celery_tenant_gate.config.reading import gate_config
 from celery_tenant_gate.config.settings import CONTROL_TASK
@@ -115,14 +116,33 @@ def _delete(change: _Change) -> str:
 
 
 def _move(change: _Change) -> str:
-    ctx = change.ctx
-    endpoint = f"https://{change.public_endpoint}/{ctx}"
-    api = f"{endpoint}/api"
-    change.gate.states.store.update_endpoint(
-        ctx, endpoint=endpoint, api=api, observed_at=change.issued
+    """The new server comes from the State API, never from the notification's
+    ``PublicEndpoint`` (not signed): asked now; when its ``Endpoint`` is on the host
+    the notification names (or it names none), the move is taken as done. When the
+    two disagree, the tenant is paused (by ``webhook``) and the sweep resumes it once a
+    later answer says it runs, on whatever server that answer names."""
+    gate, ctx = change.gate, change.ctx
+    record = gate.states.refresh(ctx)
+    state = record.state if record is not None else None
+    endpoint, api = (state.endpoint, state.api) if state is not None else ("", "")
+    hinted = change.public_endpoint.strip().lower()
+    if endpoint and (not hinted or _host(endpoint) == hinted):
+        signals.tenant_moved.send(sender=ctx, context_id=ctx, endpoint=endpoint, api=api)
+        return f"moved to {_host(endpoint)} (the State API agrees)"
+    gate.pause(ctx, reason=f"Move notification to {hinted or '?'} not confirmed", by="webhook")
+    gate.states.store.set_fields(ctx, {"resume_not_before": repr(change.now)})
+    logger.warning(
+        "tenant-gate: a Move notification names %s for %s, the State API says %s; "
+        "paused until the State API is asked again",
+        hinted or "no host",
+        ctx,
+        _host(endpoint) or "nothing",
     )
-    signals.tenant_moved.send(sender=ctx, context_id=ctx, endpoint=endpoint, api=api)
-    return f"moved to {change.public_endpoint}"
+    return "move not confirmed by the State API: paused, re-checking"
+
+
+def _host(url: str) -> str:
+    return (urlsplit(url).hostname or "").lower()
 
 
 def _backup_restored(change: _Change) -> str:
