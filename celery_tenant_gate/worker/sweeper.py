@@ -8,6 +8,7 @@ import logging
 import threading
 
 from celery_tenant_gate.gate.gate import Gate
+from celery_tenant_gate.io.store.lease import renewed
 
 logger = logging.getLogger(__name__)
 
@@ -32,14 +33,22 @@ class Sweeper:
 
     def _run(self) -> None:
         store = self.gate.states.store
-        while not self._stop.wait(self.interval):
+        # A short lease, renewed while the sweep runs: a sweeper that dies (kill -9)
+        # blocks the others' sweeps for at most that long.
+        lease = self.gate.config.lock_lease
+        wait = self.interval
+        while not self._stop.wait(wait):
+            wait = self.interval
             try:
-                token = store.try_lock("_sweep", self.interval * 5)
+                token = store.try_lock("_sweep", lease)
                 if token is None:
+                    # Its holder may have died: try again when its lease may be over.
+                    wait = min(self.interval, lease / 2)
                     continue
                 try:
-                    for ctx, what in self.gate.sweep().items():
-                        logger.info("tenant-gate: sweep: %s %s", ctx, what)
+                    with renewed(store, "_sweep", token, lease):
+                        for ctx, what in self.gate.sweep().items():
+                            logger.info("tenant-gate: sweep: %s %s", ctx, what)
                 finally:
                     store.unlock("_sweep", token)
             except Exception:
