@@ -81,14 +81,16 @@ def _measure(world: World, held_n: int, after_n: int, limit: float) -> list[Resu
     for r in ledger.of(CTX):
         first[r.seq] = min(first.get(r.seq, r.at), r.at)
     last_held = max((at for seq, at in first.items() if seq <= held_n), default=0.0)
-    early = sum(1 for seq, at in first.items() if seq > held_n and at < last_held)
+    leads = [last_held - at for seq, at in first.items() if seq > held_n and at < last_held]
+    early = len(leads)
     name = f"faults.kill_release.{world.broker_name}"
     print(
         f"  kill_release {world.broker_name}: {before_kill} of {held_n} ready in the tenant "
         f"queue just before the kill, {after_kill} just after; queue empty {flows:.2f} s "
         f"after the kill; "
         f"{'all ran' if ran_all else 'NOT all ran'}: {tally.text()}; {early} of {after_n} "
-        f"tasks published after the resume started before the last held one",
+        f"tasks published after the resume started before the last held one"
+        f"{f' (by at most {max(leads) * 1000:.0f} ms)' if leads else ''}",
         flush=True,
     )
     return [
