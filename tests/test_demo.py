@@ -78,6 +78,10 @@ def test_a_body_started_inside_a_pause_is_counted() -> None:
     # Started within the time a pause takes to reach the workers: not while paused.
     summary = account(published, runs, pauses=[Pause("Cust1", 4.99, 10.0, "Upgrade")])
     assert summary.run_while_paused == 0
+    # A released task starts while its tenant is being resumed, still paused.
+    runs = [_ran("a", "Cust1", 5.0, held=1), _ran("b", "Cust1", 11.0)]
+    summary = account(published, runs, pauses=[Pause("Cust1", 4.0, 10.0, "Upgrade")])
+    assert summary.run_while_paused == 0
 
 
 def test_released_tasks_out_of_publish_order_are_counted() -> None:

@@ -584,3 +584,44 @@ def test_a_pool_side_hold_survives_its_tenant_queue_being_deleted() -> None:
         with contextlib.suppress(Exception), producers.acquire() as producer:
             producer.connection.close()
         broker.close()
+
+
+@pytest.mark.timeout(30)
+def test_a_release_ends_while_new_tasks_keep_being_held(
+    broker: Broker, held: AmqpHeldQueues, amqp_url: str
+) -> None:
+    # During a resume the tenant is still paused: its new tasks keep being held into
+    # the tenant queue, faster than the queue is ever idle. The release stops after
+    # twice what waited when it began (and a batch); the rest waits, in order.
+    # (Without that bound it would never return.)
+    tenant = broker.tenant("Stream")
+    target = broker.declare("target")
+    for i in range(300):
+        broker.hold(tenant, i, ("", target))
+    broker.settle()
+    stop = threading.Event()
+    given: list[int] = []
+
+    def stream() -> None:
+        producer = Broker(amqp_url, broker.mode)
+        try:
+            i = 300
+            while not stop.is_set():
+                producer.hold(tenant, i, ("", target))
+                given.append(i)
+                i += 1
+            producer.settle()
+        finally:
+            producer.close()
+
+    thread = threading.Thread(target=stream)
+    thread.start()
+    try:
+        moved = held.release(tenant, marker="m", batch=50)  # must return
+    finally:
+        stop.set()
+        thread.join(timeout=30)
+    assert moved >= 300
+    assert moved + (broker.ready(tenant) or 0) == 300 + len(given)
+    ids = [m.headers["id"] for m in broker.take(target)]
+    assert ids == [f"task-{i}" for i in range(moved)]

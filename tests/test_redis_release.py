@@ -252,13 +252,14 @@ def test_the_gate_dead_letters_a_held_task_routed_to_its_own_held_queue(gate_app
     )
 
 
-def test_the_move_lock_lives_as_long_as_a_release_that_outlasts_its_timeout(
+def test_the_move_lock_lives_as_long_as_a_release_that_outlasts_its_lease(
     gate_app: Any,
 ) -> None:
     from celery_tenant_gate import gate_for, signals
 
     gate = gate_for(gate_app)
-    gate.config = replace(gate.config, lock_timeout=0.3)
+    controls = gate.release.__self__  # type: ignore[attr-defined]
+    controls.config = replace(controls.config, lock_lease=0.3)
     tenant = _tenant_of(gate)
     for n in range(3):
         tenant.hold(f"t{n}")
@@ -268,7 +269,7 @@ def test_the_move_lock_lives_as_long_as_a_release_that_outlasts_its_timeout(
 
     def slow(sender: str, **kwargs: Any) -> None:
         if not seen:
-            time.sleep(1.0)  # more than three times the lock's timeout (0.3 s)
+            time.sleep(1.0)  # more than three times the lock's lease (0.3 s)
             seen.append(store.client.get(lock))
 
     signals.task_released.connect(slow)

@@ -173,3 +173,31 @@ def test_a_tenant_whose_state_holds_stays_as_it_is() -> None:
 def test_tenant_queues_idle_past_the_forget_time_are_forgotten() -> None:
     last_held = {"Cust1": NOW - 61, "Cust2": NOW - 60, "Cust3": NOW}
     assert idle_tenants(last_held, NOW, forget_after=60) == ["Cust1"]
+
+
+def test_a_resume_under_way_is_finished_whoever_paused_the_tenant() -> None:
+    # Its releaser may have died: the sweep finishes it (if no one else is moving the
+    # tenant's tasks, which the runner finds out), a manual pause too: it was resumed
+    # by hand. Whatever its state says: the resume was asked for.
+    for paused_by, state in (("manual", RUNNING), ("gate", SUSPENDED), ("webhook", RUNNING)):
+        record = TenantRecord(
+            "Cust1",
+            state,
+            learnt_at=LEARNT,
+            fresh_until=FRESH_UNTIL,
+            paused=True,
+            paused_by=paused_by,
+            paused_at=NOW - 50,
+            resuming=NOW - 3,
+        )
+        assert plan(record, NOW, POLICY) == SweepAction(Act.RESUME), paused_by
+        # Killed after the unpause: what was held in between is still to release.
+        assert plan(replace(record, paused=False), NOW, POLICY) == SweepAction(Act.RESUME)
+        # Without the mark, the manual pause stands.
+        if paused_by == "manual":
+            assert plan(replace(record, resuming=0.0), NOW, POLICY) == SweepAction(Act.NOTHING)
+
+
+def test_a_deletion_wins_over_a_resume_under_way() -> None:
+    record = TenantRecord("Cust1", RUNNING, paused=True, resuming=NOW - 3, deleted=True)
+    assert plan(record, NOW, POLICY) == SweepAction(Act.PURGE_DELETED, "tenant deleted")

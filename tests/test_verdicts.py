@@ -65,3 +65,19 @@ def test_a_stale_state_is_used_within_the_grace_period_only() -> None:
     record = _record(_state(State.RUNNING), fresh_until=1000.0, error="HTTP 503")
     assert policy.decide(record, now=1059.0) is Verdict.RUN
     assert policy.decide(record, now=1061.0) is Verdict.HOLD
+
+
+def test_while_a_paused_tenant_is_resumed_its_released_tasks_run_and_new_ones_wait() -> None:
+    policy = VerdictPolicy()
+    running = _state(State.RUNNING)
+    resuming = _record(running, paused=True, resuming=500.0)
+    assert policy.decide(resuming, 10.0, released=True) is Verdict.RUN
+    assert policy.decide(resuming, 10.0) is Verdict.HOLD  # a new task: behind them
+    # Paused, no resume under way: a task held before waits like any other.
+    paused = _record(running, paused=True)
+    assert policy.decide(paused, 10.0, released=True) is Verdict.HOLD
+    # A resume does not make a state that holds run, nor a deleted tenant.
+    suspended = _record(_state(State.SUSPENDED), paused=True, resuming=500.0)
+    assert policy.decide(suspended, 10.0, released=True) is Verdict.HOLD
+    deleted = _record(running, paused=True, resuming=500.0, deleted=True)
+    assert policy.decide(deleted, 10.0, released=True) is Verdict.DROP

@@ -148,6 +148,12 @@ class GateConfig:
         "Seconds between sweeps (one worker at a time) that resume tenants whose state "
         "runs again and release or drop what waits in their queues.",
     )
+    lock_lease: float = _setting(
+        checks.positive,
+        2.0,
+        "Seconds a release's or a sweep's lock outlives a holder that died (the holder "
+        "renews it every third of that): how soon another worker takes over.",
+    )
     held_forget_after: float = _setting(
         checks.positive,
         7200.0,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import secrets
 import time
 import uuid
 from collections.abc import Callable
@@ -12,7 +13,6 @@ from dataclasses import dataclass
 
 from celery_tenant_gate.config.settings import GateConfig
 from celery_tenant_gate.io.store.deadletters import DeadLetters
-from celery_tenant_gate.io.store.lease import renewed
 from celery_tenant_gate.model.held import HeldMessage, HeldQueues, TaskRef
 from celery_tenant_gate.model.ids import compile_pattern, validate_tenant_id
 from celery_tenant_gate.model.record import TenantRecord
@@ -21,10 +21,14 @@ from celery_tenant_gate.model.verdicts import Verdict
 from . import signals
 from .hooks import GateHooks
 from .lookup import TenantStates
-from .movelock import MoveLock
+from .movelock import MoveBusy, MoveLock
 from .report import letter, tell, tell_dropped
 
 logger = logging.getLogger(__name__)
+
+#: Most releases of a resume while its tenant is still paused (each takes what was
+#: held during the one before); what is held after them is released after the unpause.
+PAUSED_PASSES = 3
 
 
 @dataclass(frozen=True)
@@ -79,17 +83,66 @@ class TenantControls:
         return changed
 
     def resume(self, context_id: str) -> int:
-        """Let the tenant's tasks run again, and release its held tasks, in order.
+        """Let the tenant's tasks run again, and release its held tasks, in order:
+        the held ones run before those given after the resume.
 
-        Returns how many held tasks were released. If the tenant's state still says
-        hold, the gate holds its tasks again (and pauses it, by ``gate``).
+        The resume is recorded first, so that if this process dies any worker's
+        sweep finishes it (see :meth:`finish_resume`). Returns how many held tasks
+        were released. If the tenant's state still says hold, the gate holds its
+        tasks again (and pauses it, by ``gate``). Waits at most
+        ``tenant_gate_lock_timeout`` for another process moving its tasks
+        (:class:`~.movelock.MoveBusy`).
         """
         ctx = validate_tenant_id(context_id, self._pattern)
-        self.states.store.set_fields(
-            ctx, {"resume_not_before": "0", "delete_after": "0", "deleted": "0"}
-        )
-        self.states.set_paused(ctx, False, reason="")
-        released = self._release(ctx)
+        stamp = self._stamp()
+        was = self.states.store.get(ctx)
+        self._begin_resume(ctx, stamp)
+        with self._moving(ctx, self.config.lock_timeout):
+            return self._resume(ctx, stamp, fresh=not (was and was.resuming))
+
+    def finish_resume(self, context_id: str) -> int | None:
+        """Resume the tenant, or finish a resume that was interrupted, unless another
+        process keeps moving its tasks (then None: it finishes the resume, or its lease
+        lapses and the next sweep does). Waits at most one lease for the move lock (a
+        holder that died leaves it that long). Returns how many were released."""
+        ctx = validate_tenant_id(context_id, self._pattern)
+        try:
+            with self._moving(ctx, self.config.lock_lease):
+                was = self.states.store.get(ctx)
+                stamp = self._stamp()
+                self._begin_resume(ctx, stamp)
+                return self._resume(ctx, stamp, fresh=not (was and was.resuming))
+        except MoveBusy:
+            return None
+
+    def _begin_resume(self, ctx: str, stamp: str) -> None:
+        self.states.store.begin_resume(ctx, stamp)
+        # Announced to the other processes; this one's consumer must know at once.
+        self.states.cache.invalidate(ctx)
+
+    def _resume(self, ctx: str, stamp: str, *, fresh: bool) -> int:
+        """The resume stamped *stamp*, under the move lock. While the tenant is still
+        paused, its held tasks are released (they run: they were held before) and its
+        new ones are held behind them; pass after pass (at most :data:`PAUSED_PASSES`)
+        until one finds none; then it is unpaused, and what was held in between (by
+        workers that had not heard yet) released. Only the first pass of a *fresh*
+        resume may put its tasks before what is queued (see :mod:`.redis_release`):
+        any later one goes behind the tasks released before it."""
+        released = moved = self._release_moving(ctx, behind=not fresh)
+        for _ in range(PAUSED_PASSES - 1):
+            if not moved:
+                break
+            moved = self._release_moving(ctx, behind=True)
+            released += moved
+        store = self.states.store
+        unpaused = store.unpause_resuming(ctx, stamp, at=self._clock())
+        self.states.cache.invalidate(ctx)
+        if not unpaused:
+            logger.info("tenant-gate: resume of %s overtaken by a pause or another resume", ctx)
+            return released
+        released += self._release_moving(ctx, behind=True)
+        store.end_resume(ctx, stamp)
+        self.states.cache.invalidate(ctx)
         logger.info("tenant-gate: resumed %s, %d held task(s) released", ctx, released)
         signals.tenant_resumed.send(sender=ctx, context_id=ctx, released=released)
         return released
@@ -97,24 +150,24 @@ class TenantControls:
     def release(self, context_id: str) -> int:
         """Move the tenant's held tasks back to their queues (without unpausing)."""
         ctx = validate_tenant_id(context_id, self._pattern)
-        moved = self._release(ctx)
+        with self._moving(ctx, self.config.lock_timeout):
+            moved = self._release_moving(ctx, behind=False)
         if moved:
             logger.info("tenant-gate: released %d held task(s) of %s", moved, ctx)
         return moved
 
-    def _release(self, ctx: str) -> int:
+    def _release_moving(self, ctx: str, *, behind: bool) -> int:
+        """Release the tenant's held tasks; the caller holds the move lock."""
         queue = self.queue_for(ctx)
         # Only when someone listens: naming every released task costs a little time.
         listening = self.hooks or signals.task_released.receivers
         told = functools.partial(self._released, ctx) if listening else None
-        lock = self._moving(ctx)
-        # A release of millions of tasks outlives the lock's timeout: renewed meanwhile.
-        with lock, renewed(self.states.store, lock.key, lock.token, lock.timeout):
-            moved = self.held_queues.release(queue, marker=uuid.uuid4().hex, on_moved=told)
-            # Kept in the held set for a while: a released message that the broker
-            # requeues (a worker restarted or killed before acking it) goes back to
-            # the tenant queue, and the sweep must find it there.
-            self.states.store.mark_held(ctx, self._clock())
+        marker = uuid.uuid4().hex
+        moved = self.held_queues.release(queue, marker=marker, on_moved=told, behind=behind)
+        # Kept in the held set for a while: a released message that the broker
+        # requeues (a worker restarted or killed before acking it) goes back to the
+        # tenant queue, and the sweep must find it there.
+        self.states.store.mark_held(ctx, self._clock())
         return moved
 
     def _released(self, ctx: str, tasks: list[TaskRef]) -> None:
@@ -142,7 +195,7 @@ class TenantControls:
             self.dead.record(ctx, [letter(message, reason, now) for message in batch])
             tell_dropped(self.hooks, ctx, batch, reason)
 
-        with self._moving(ctx):
+        with self._moving(ctx, self.config.lock_timeout):
             dropped = self.held_queues.drain(queue, keep)
         if dropped:
             logger.warning("tenant-gate: dropped %d held task(s) of %s: %s", dropped, ctx, reason)
@@ -193,5 +246,9 @@ class TenantControls:
         """Every paused tenant, with when it was paused."""
         return self.states.store.paused()
 
-    def _moving(self, ctx: str) -> MoveLock:
-        return MoveLock(self.states.store, ctx, self.config.lock_timeout)
+    def _stamp(self) -> str:
+        """A new resume's stamp: the time, made unique (and never 0) by 6 random digits."""
+        return f"{self._clock():.6f}{secrets.randbelow(900_000) + 100_000}"
+
+    def _moving(self, ctx: str, wait: float) -> MoveLock:
+        return MoveLock(self.states.store, ctx, lease=self.config.lock_lease, wait=wait)

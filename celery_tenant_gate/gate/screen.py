@@ -16,9 +16,11 @@ from celery_tenant_gate.io.broker.amqp_queues import destination_queue, is_amqp
 from celery_tenant_gate.io.broker.holding import ConfirmedProducers, hold_message, hold_request
 from celery_tenant_gate.io.store.deadletters import INVALID_TENANT, DeadLetters
 from celery_tenant_gate.model.carrier import (
+    request_was_held,
     tenant_from_call,
     tenant_from_headers,
     tenant_from_request,
+    was_held,
 )
 from celery_tenant_gate.model.errors import InvalidTenantId, StoreUnavailable
 from celery_tenant_gate.model.held import HeldMessage, TaskRef
@@ -115,6 +117,8 @@ class Screening:
             tell_dropped(self.hooks, INVALID_TENANT, [invalid], reason)
             return Verdict.DROP
         verdict = self.states.verdict(ctx, wait=False)
+        if verdict is Verdict.HOLD and was_held(message.headers):
+            verdict = self._released(ctx)
         if verdict is not Verdict.RUN and revoked():
             return None
         if verdict is not Verdict.RUN and self.states.health.down:
@@ -168,6 +172,8 @@ class Screening:
             )
         ctx = self._valid(raw)
         verdict = self.states.verdict(ctx, wait=False)
+        if verdict is Verdict.HOLD and request_was_held(request):
+            verdict = self._released(ctx)
         if (
             verdict is not Verdict.RUN
             and self.states.health.down
@@ -202,6 +208,12 @@ class Screening:
         elif self.hooks:
             tell(self.hooks, "on_run", lambda hooks: hooks.on_run(ctx, task.name))
         return verdict
+
+    def _released(self, ctx: str) -> Verdict:
+        """The verdict for a task of *ctx* that was held before: while its tenant is
+        being resumed, it runs (new tasks wait behind it); from the cached record."""
+        record = self.states.record(ctx, wait=False)
+        return self.states.policy.decide(record, self._clock(), released=True)
 
     def _after_hold(self, ctx: str, queue: str, headers: Any) -> None:
         # The task is safe in its queue now; what follows is bookkeeping, which must

@@ -1,6 +1,6 @@
-"""The sweep: ends the pauses that end by themselves, drops the held work of deleted
-tenants, releases stragglers (tasks held just as their tenant resumed), and stops
-watching tenant queues that stayed empty.
+"""The sweep: ends the pauses that end by themselves, finishes resumes that were
+interrupted, drops the held work of deleted tenants, releases stragglers (tasks held
+just as their tenant resumed), and stops watching tenant queues that stayed empty.
 
 What to do about a tenant is decided by :func:`plan`, a pure function: its record and
 the time in, a :class:`SweepAction` out. :class:`Sweep` reads what the plan needs,
@@ -39,7 +39,8 @@ class Act(enum.Enum):
     PURGE_DELETED = "purge deleted"
     #: A Delete notification's wait is over, unconfirmed: take the tenant as deleted.
     DELETE_UNCONFIRMED = "delete unconfirmed"
-    #: Its pause ends: its state runs again.
+    #: Its pause ends: its state runs again. Or a resume is under way (its record says
+    #: ``resuming``): finished, unless another worker is moving its tasks.
     RESUME = "resume"
     #: It runs and is not paused, yet tasks are held: release them.
     RELEASE = "release"
@@ -83,10 +84,9 @@ def plan(
     if record is None:
         return _NOTHING
     if not refreshed:
-        if record.deleted:
-            return SweepAction(Act.PURGE_DELETED, "tenant deleted")
-        if record.delete_after and now >= record.delete_after:
-            return SweepAction(Act.DELETE_UNCONFIRMED, "Delete")
+        first = _before_state(record, now)
+        if first is not None:
+            return first
         waiting = record.paused_by == "webhook" and now < record.resume_not_before
         if (record.paused and not record.resumes_by_itself) or waiting:
             return _NOTHING
@@ -94,6 +94,16 @@ def plan(
             # Only an answer given after the notification says it is over.
             return _REFRESH
     return _follow_state(record, now, policy, held)
+
+
+def _before_state(record: TenantRecord, now: float) -> SweepAction | None:
+    """What is done whatever the tenant's state: a deletion, or a resume under way
+    (asked for, by hand too, and not finished: its releaser may have died)."""
+    if record.deleted:
+        return SweepAction(Act.PURGE_DELETED, "tenant deleted")
+    if record.delete_after and now >= record.delete_after:
+        return SweepAction(Act.DELETE_UNCONFIRMED, "Delete")
+    return _RESUME if record.resuming else None
 
 
 def _follow_state(
@@ -184,7 +194,8 @@ class Sweep:
         elif act is Act.DELETE_UNCONFIRMED:
             what = f"deleted unconfirmed, dropped {controls.mark_deleted(ctx, reason)}"
         elif act is Act.RESUME:
-            what = f"resumed, {controls.resume(ctx)} released"
+            released = controls.finish_resume(ctx)
+            what = "" if released is None else f"resumed, {released} released"
         elif act is Act.RELEASE:
             what = _say("released stragglers:", controls.release(ctx))
         elif act is Act.MARK_DELETED:

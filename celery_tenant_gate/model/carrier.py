@@ -90,3 +90,16 @@ def tenant_from_request(request: Any) -> Any:
     if value is None:
         value = tenant_from_headers(getattr(request, "headers", None))
     return value
+
+
+def was_held(headers: Mapping[str, Any] | None) -> bool:
+    """True when a message with these headers was held before (and so, if it is
+    queued again, released)."""
+    return bool(headers and headers.get(HELD_COUNT_HEADER))
+
+
+def request_was_held(request: Any) -> bool:
+    """:func:`was_held` for a running task's ``self.request``."""
+    return bool(getattr(request, HELD_COUNT_HEADER, None)) or was_held(
+        getattr(request, "headers", None)
+    )

@@ -83,8 +83,12 @@ class HeldQueues(Protocol):
         """The oldest *limit* messages, leaving the queue as it was."""
         ...
 
-    def release(self, queue: str, *, marker: str, on_moved: OnMoved | None = None) -> int:
-        """Move every message back to where it was meant to go, in order."""
+    def release(
+        self, queue: str, *, marker: str, on_moved: OnMoved | None = None, behind: bool = False
+    ) -> int:
+        """Move every message back to where it was meant to go, in order; *behind*:
+        behind what is queued there already, even for a small release (which a Redis
+        broker otherwise puts before it)."""
         ...
 
     def drain(self, queue: str, sink: Callable[[list[HeldMessage]], None], batch: int = 500) -> int:

@@ -56,6 +56,11 @@ class TenantRecord:
     deleted: bool = False
     #: When the newest notification applied was issued (its token's ``iat``).
     notified_at: float = 0.0
+    #: A resume is under way, and this is its stamp (0: none): while it lasts, tasks
+    #: released from the tenant queue run and new ones are held behind them. It stays
+    #: until the resume is finished, so that any worker's sweep finishes an
+    #: interrupted one.
+    resuming: float = 0.0
     #: Bumped by every write; lets caches tell answers apart.
     version: int = 0
 
@@ -135,5 +140,6 @@ def record_from_fields(context_id: str, fields: Mapping[str, str]) -> TenantReco
         delete_after=num("delete_after"),
         deleted=fields.get("deleted") == "1",
         notified_at=num("notified_at"),
+        resuming=num("resuming"),
         version=int(num("version")),
     )

@@ -56,8 +56,13 @@ class VerdictPolicy:
             return Verdict.HOLD
         return verdict
 
-    def decide(self, record: TenantRecord | None, now: float) -> Verdict:
-        """The verdict for a tenant, from its record, at time *now* (Unix seconds)."""
+    def decide(self, record: TenantRecord | None, now: float, *, released: bool = False) -> Verdict:
+        """The verdict for a tenant, from its record, at time *now* (Unix seconds).
+
+        A pause holds every task, except, while the tenant is being resumed
+        (:attr:`~.record.TenantRecord.resuming`), a *released* one (a task that was
+        held before): the held tasks run first, the new ones wait behind them.
+        """
         if record is not None and record.deleted:
             return Verdict.DROP
         if record is None or record.state is None:
@@ -67,6 +72,6 @@ class VerdictPolicy:
             verdict = self.failure_verdict
         else:
             verdict = self.for_state(record.state)
-        if record is not None and record.paused and verdict is Verdict.RUN:
-            return Verdict.HOLD
-        return verdict
+        if record is None or not record.paused or verdict is not Verdict.RUN:
+            return verdict
+        return Verdict.RUN if released and record.resuming else Verdict.HOLD

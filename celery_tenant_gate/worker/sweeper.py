@@ -9,6 +9,7 @@ import logging
 import threading
 
 from celery_tenant_gate.gate.gate import Gate
+from celery_tenant_gate.io.store.lease import renewed
 
 logger = logging.getLogger(__name__)
 
@@ -41,23 +42,31 @@ class Sweeper:
         store = self.gate.states.store
         with contextlib.suppress(Exception):  # the mirror from the start (else: next tick)
             self.gate.store_guard.tick()
+        # A short lease, renewed while the sweep runs: a sweeper that dies (kill -9)
+        # blocks the others' sweeps for at most that long.
+        lease = self.gate.config.lock_lease
+        wait = self.interval
         while True:
-            self._wake.wait(self.interval)
+            self._wake.wait(wait)
             self._wake.clear()
             if self._stop.is_set():
                 return
+            wait = self.interval
             if self.gate.states.health.down:
                 continue  # nothing can be swept; the look-ups say when it is back
             try:
                 # In every worker, swept or not: notice a store that lost its data, and
                 # keep the mirror of the paused and held tenants to write back then.
                 self.gate.store_guard.tick()
-                token = store.try_lock("_sweep", self.interval * 5)
+                token = store.try_lock("_sweep", lease)
                 if token is None:
+                    # Its holder may have died: try again when its lease may be over.
+                    wait = min(self.interval, lease / 2)
                     continue
                 try:
-                    for ctx, what in self.gate.sweep().items():
-                        logger.info("tenant-gate: sweep: %s %s", ctx, what)
+                    with renewed(store, "_sweep", token, lease):
+                        for ctx, what in self.gate.sweep().items():
+                            logger.info("tenant-gate: sweep: %s %s", ctx, what)
                 finally:
                     store.unlock("_sweep", token)
             except Exception:

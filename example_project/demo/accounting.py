@@ -150,6 +150,10 @@ PROPAGATION = 0.05
 
 
 def _during_pause(entry: dict[str, Any], pauses: list[Pause]) -> bool:
+    if entry.get("held"):
+        # Released: a resume releases the held tasks while the tenant is still paused
+        # (its new tasks wait behind them), so these start before the unpause.
+        return False
     started = float(entry["started"])
     return any(
         pause.ctx == entry.get("ctx")

@@ -91,7 +91,13 @@ class AmqpHeldQueues:
         return route_of(headers, self.default_queue)
 
     def release(
-        self, queue: str, *, marker: str, batch: int = 5000, on_moved: OnMoved | None = None
+        self,
+        queue: str,
+        *,
+        marker: str,
+        batch: int = 5000,
+        on_moved: OnMoved | None = None,
+        behind: bool = True,
     ) -> int:
         """Move every message of *queue* to where it was meant to go, oldest first.
 
@@ -101,10 +107,10 @@ class AmqpHeldQueues:
         default exchange and *default_queue* if it has none), as a copy with the same
         body, content type, encoding, properties and headers, plus the header
         ``tenant_gate_released`` = *marker* (give each release its own). It moves
-        until the queue is empty or a message it moved itself comes back (a task held
-        again at once, because its tenant still does not run): that one and those
-        after it wait for the next release, so a release always ends. 0 for a queue
-        that does not exist.
+        until the queue is empty, a message it moved itself comes back (a task held
+        again at once, because its tenant still does not run) or twice as many as the queue
+        held when it began (and a batch) are moved: what is held meanwhile may wait
+        for the next release, so a release always ends. 0 for a queue that does not exist.
 
         Raises :class:`HeldReleaseError` if a message's route leads to no queue (or
         to a missing exchange). The release stops at the end of that batch: such
@@ -112,11 +118,13 @@ class AmqpHeldQueues:
         exchange, so does the rest of the batch); the others were moved.
 
         *on_moved*, if given, is told the tasks of each batch once the broker has them.
+        Released messages always go *behind* what is queued.
         """
         if batch < 1:
             raise ValueError(f"batch must be at least 1, not {batch}")
         with amqp_connection(self.connection_factory) as connection:
-            if not ready(connection, queue):
+            waiting = ready(connection, queue)
+            if not waiting:
                 return 0
             rejecting = self.dead_letter and dead_letters(connection, queue)
             consumer = Consumer(connection, queue, prefetch=2 * batch)
@@ -130,7 +138,10 @@ class AmqpHeldQueues:
                     confirm_timeout=self.confirm_timeout,
                     told=on_moved,
                 )
-                return run.until_done(batch, self.idle_wait)
+                # Bounded, so that it ends while tasks keep being held (the count
+                # RabbitMQ gives may lag behind the last confirmed publishes).
+                limit = 2 * waiting + batch
+                return run.until_done(batch, self.idle_wait, limit=limit)
             finally:
                 close_channel(consumer.channel)
 

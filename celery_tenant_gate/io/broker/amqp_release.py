@@ -110,10 +110,14 @@ class Release:
         # Routes of copies the broker returned or refused; their sources stay held.
         self.failed: list[tuple[str, str]] = []
 
-    def until_done(self, batch: int, idle_wait: float) -> int:
-        """Release batch after batch; how many were moved."""
-        for raws in self.consumer.batches(batch, idle_wait):
-            if self._batch(raws):
+    def until_done(self, batch: int, idle_wait: float, limit: int | None = None) -> int:
+        """Release batch after batch, at most *limit* messages; how many were moved."""
+        left = limit
+        for taken in self.consumer.batches(batch, idle_wait):
+            raws = taken if left is None else taken[:left]
+            if left is not None:
+                left -= len(raws)
+            if self._batch(raws) or left == 0:
                 # Deliveries not settled go back to the tenant queue, in place, when
                 # the channel closes.
                 self.consumer.stop()

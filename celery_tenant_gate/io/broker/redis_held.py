@@ -142,10 +142,18 @@ class RedisHeldQueues:
             found.extend(_loose(raw) for raw in _oldest(self.client, key, limit - len(found)))
         return found
 
-    def release(self, queue: str, *, marker: str = "", on_moved: OnMoved | None = None) -> int:
+    def release(
+        self,
+        queue: str,
+        *,
+        marker: str = "",
+        on_moved: OnMoved | None = None,
+        behind: bool = False,
+    ) -> int:
         """Move what *queue* holds now back to the queues its messages were meant for,
         in order, a chunk per script run (see :mod:`.redis_release`); *on_moved* is
-        told each chunk's tasks. Messages held while it runs wait for the next release.
+        told each chunk's tasks; *behind*: at the publishing end even if the release
+        fits in one run. Messages held while it runs wait for the next release.
         Returns how many were moved; the refused ones are dead-lettered."""
         self._dead_letter_rejected(queue)  # left by a release that was interrupted
         return ChunkedRelease(
@@ -158,6 +166,7 @@ class RedisHeldQueues:
             chunk_bytes=self.chunk_bytes,
             on_moved=on_moved,
             on_rejected=lambda: self._dead_letter_rejected(queue),
+            behind=behind,
         ).run()
 
     def _dead_letter_rejected(self, queue: str, batch: int = 500) -> None:

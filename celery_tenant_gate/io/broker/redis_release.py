@@ -10,7 +10,8 @@ Where released messages go in their queues:
 
 - a release that fits in one run (the usual case) is one atomic run that puts them at
   the consuming end, oldest first, before anything queued (as the gate always did);
-- a bigger one appends them at the publishing end, oldest first, a chunk per run:
+- a bigger one (or one asked to go *behind*, as every pass of a resume but its
+  first) appends them at the publishing end, oldest first, a chunk per run:
   workers meet them in publish order while the release goes on, across chunks, across
   releasers that race (should the move lock be lost) and after an interrupted release,
   whose mark makes the next release append too. They wait behind what was queued
@@ -96,6 +97,8 @@ class ChunkedRelease:
     on_moved: OnMoved | None = None
     #: Called after a run that rejected messages (they wait in :func:`rejects_key`).
     on_rejected: Callable[[], None] | None = None
+    #: At the publishing end even when the release fits in one run.
+    behind: bool = False
 
     def run(self) -> int:
         """Move what the queue holds now; returns how many were moved (not rejected)."""
@@ -107,7 +110,7 @@ class ChunkedRelease:
         for key in keys(self.queue):
             pipe.llen(key)
         budgets: list[int] = list(pipe.execute())
-        mode = "head" if sum(budgets) <= self.chunk else "tail"
+        mode = "head" if sum(budgets) <= self.chunk and not self.behind else "tail"
         moved = 0
         while sum(budgets):
             refused, taken, count, rejected, told = self._run_once(mode, budgets)

@@ -32,6 +32,7 @@ _SET_PAUSED = lua_script(__package__, "set_paused")
 _NOTIFIED = lua_script(__package__, "notified")
 _UNLOCK = lua_script(__package__, "unlock")
 _RENEW = lua_script(__package__, "renew")
+_RESUMED = lua_script(__package__, "resumed")
 
 
 def connect(url: str) -> redis.Redis:
@@ -76,6 +77,7 @@ class StateStore:
         self._unlock = client.register_script(_UNLOCK)
         self._renew = client.register_script(_RENEW)
         self._notified = client.register_script(_NOTIFIED)
+        self._resumed = client.register_script(_RESUMED)
         #: Told of each pause (a Pause), resume (None) and hold (when) written by this
         #: process: ``on_write(ctx, pause, held_at)`` (see gate/storeloss.py's mirror).
         self.on_write: Callable[[str, Any, float | None], None] | None = None
@@ -141,9 +143,31 @@ class StateStore:
             keys=[self.key(context_id), self.paused_key],
             args=["1" if paused else "0", reason, repr(at), self.channel, context_id, by],
         )
-        if self.on_write is not None and (changed or not paused):
+        if self.on_write is not None and (changed == 1 or not paused):
             self.on_write(context_id, Pause(at, by, reason) if paused else None, None)
-        return bool(changed)
+        return bool(changed == 1)
+
+    def begin_resume(self, context_id: str, stamp: str) -> None:
+        """Record that a resume (stamped *stamp*) is under way, and that it ends the
+        waits of notifications and any deletion (announced)."""
+        fields = {"resuming": stamp, "resume_not_before": "0", "delete_after": "0"}
+        self.set_fields(context_id, {**fields, "deleted": "0"})
+
+    def unpause_resuming(self, context_id: str, stamp: str, *, at: float) -> bool:
+        """Unpause the tenant if the resume stamped *stamp* is still the one under way;
+        False when a pause or a newer resume overtook it."""
+        answer = self._set_paused(
+            keys=[self.key(context_id), self.paused_key],
+            args=["0", "", repr(at), self.channel, context_id, "manual", stamp],
+        )
+        if answer != -1 and self.on_write is not None:
+            self.on_write(context_id, None, None)
+        return bool(answer != -1)
+
+    def end_resume(self, context_id: str, stamp: str) -> bool:
+        """Clear the resume stamped *stamp* if it is still the one under way."""
+        args = [stamp, self.channel, context_id]
+        return bool(self._resumed(keys=[self.key(context_id)], args=args))
 
     def set_fields(self, context_id: str, fields: Mapping[str, str]) -> TenantRecord:
         """Write record fields that are not ordered by observation (and announce it)."""
