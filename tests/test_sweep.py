@@ -39,7 +39,7 @@ def test_a_deleted_tenant_has_its_held_work_dropped() -> None:
     assert plan(record, NOW, POLICY) == SweepAction(Act.PURGE_DELETED, "tenant deleted")
 
 
-def test_an_unconfirmed_delete_is_taken_as_deleted_once_its_wait_is_over() -> None:
+def test_an_unconfirmed_delete_drops_nothing_once_its_wait_is_over() -> None:
     # A Delete notification paused it; the State API still says it runs.
     record = TenantRecord(
         "Cust1",
@@ -52,9 +52,13 @@ def test_an_unconfirmed_delete_is_taken_as_deleted_once_its_wait_is_over() -> No
         resume_not_before=NOW + 60,
         delete_after=NOW,
     )
+    # The wait is ended (not a deletion: MARK_DELETED and the purges are the drops)...
     assert plan(record, NOW, POLICY) == SweepAction(Act.DELETE_UNCONFIRMED, "Delete")
-    # A moment before, it is still waiting.
+    # ...a moment before, it is still waiting...
     assert plan(record, NOW - 1, POLICY) == SweepAction(Act.NOTHING)
+    # ...and once ended, the tenant follows its state: it runs, so it resumes.
+    ended = replace(record, delete_after=0.0, resume_not_before=0.0)
+    assert plan(ended, NOW, POLICY) == SweepAction(Act.RESUME)
 
 
 def test_a_notification_pause_waits_for_its_minimum_time() -> None:

@@ -179,8 +179,9 @@ class GateConfig:
     delete_confirm_timeout: float = _setting(
         checks.non_negative,
         900.0,
-        "After a Delete notification, seconds to wait for the State API to confirm it "
-        "before the tenant's work is dropped anyway.",
+        "After a Delete notification, seconds the tenant stays paused waiting for the State "
+        "API to confirm it; then a warning is logged and the tenant follows its state. Work "
+        "is dropped only when the State API says Deleted, Deleting or DeleteFailed.",
     )
     webhook_jwks_url: str | None = _setting(
         checks.url,

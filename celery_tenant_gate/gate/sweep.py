@@ -37,7 +37,8 @@ class Act(enum.Enum):
     COUNT_HELD = "count held"
     #: The tenant is deleted: drop its held tasks; once none are left, stop sweeping it.
     PURGE_DELETED = "purge deleted"
-    #: A Delete notification's wait is over, unconfirmed: take the tenant as deleted.
+    #: A Delete notification's wait for the State API is over, unconfirmed: nothing is
+    #: dropped; the wait is ended (and logged) and the tenant follows its state.
     DELETE_UNCONFIRMED = "delete unconfirmed"
     #: Its pause ends: its state runs again. Or a resume is under way (its record says
     #: ``resuming``): finished, unless another worker is moving its tasks.
@@ -192,7 +193,15 @@ class Sweep:
                 # sweep, so sweeps do not grow with the tenants ever deleted.
                 self.states.store.retire(ctx)
         elif act is Act.DELETE_UNCONFIRMED:
-            what = f"deleted unconfirmed, dropped {controls.mark_deleted(ctx, reason)}"
+            # Never dropped on the word of a notification (its body is not signed, and
+            # a captured token could be re-sent as a Delete): the State API decides.
+            self.states.store.set_fields(ctx, {"delete_after": "0"})
+            logger.warning(
+                "tenant-gate: the State API has not confirmed the Delete notification for "
+                "%s; nothing dropped, the tenant follows its state",
+                ctx,
+            )
+            what = "Delete not confirmed by the State API: nothing dropped"
         elif act is Act.RESUME:
             released = controls.finish_resume(ctx)
             what = "" if released is None else f"resumed, {released} released"
