@@ -51,6 +51,7 @@ def main() -> None:
         tenant_gate_control_queue=f"{prefix}:control",
         tenant_gate_webhook_jwks_url=jwks_url,
         tenant_gate_webhook_issuer=issuer,
+        tenant_gate_webhook_jwks_allow_http=True,  # the fake SuperOffice is http
     )
     config = uvicorn.Config(
         router(make_asgi_app(app)),

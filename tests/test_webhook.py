@@ -198,6 +198,7 @@ def celery_app(redis_url: str, key_prefix: str, superoffice: FakeSuperOffice) ->
         tenant_gate_key_prefix=key_prefix,
         tenant_gate_webhook_jwks_url=superoffice.jwks_url,
         tenant_gate_webhook_issuer=superoffice.issuer,
+        tenant_gate_webhook_jwks_allow_http=True,
         tenant_gate_control_queue=f"{key_prefix}.control",
         tenant_gate_webhook_max_body=4096,
     )

@@ -5,13 +5,16 @@ call of :meth:`WebhookReceiver.handle` and its :class:`WebhookResponse` back int
 the framework's response. What it answers:
 
 =====  ===========================================================================
-202    ``{"status": "accepted"}``: checked and queued; or ``{"status": "duplicate"}``:
-       the same notification was already queued (SuperOffice may send one twice)
-400    the body is not a notification; the answer names the field at fault
+202    ``{"status": "accepted"}``: checked and queued
+400    the body is not a notification (the answer names the field at fault), or
+       shorter than its ``Content-Length``
 401    the token is not a valid SuperOffice token for this tenant (the reason is
        logged, never told)
 405    not a POST; 413 larger than ``max_body``; 415 not ``application/json``
-503    the notification could not be queued: the sender should retry
+409    the token was used before (by this notification or another body): one token,
+       one notification
+503    the notification could not be queued, or SuperOffice's signing keys could not
+       be fetched: the sender should retry
 =====  ===========================================================================
 
 Nothing is queued for any 4xx answer.
@@ -30,6 +33,8 @@ from typing import Any, NamedTuple
 
 from celery_tenant_gate.io.metrics import metrics
 from celery_tenant_gate.io.superoffice.tokens import (
+    KeyPending,
+    KeysUnavailable,
     TokenRejected,
     TokenVerifier,
     token_fingerprint,
@@ -66,7 +71,7 @@ class Checked:
     notification: Notification
     #: The claims of its verified token.
     claims: dict[str, Any]
-    #: What identifies it for the replay record (its token and fields, hashed).
+    #: What identifies it for the replay record (its token, hashed).
     fingerprint: str
     #: Seconds to remember it: its token's remaining lifetime.
     ttl: float
@@ -195,16 +200,24 @@ class WebhookReceiver:
         """Answer one request. *body* may be ``None`` when it was not read (not a POST)."""
         return self.handle_many([WebhookRequest(method, content_type, body, content_length)])[0]
 
-    def handle_many(self, requests: Sequence[WebhookRequest]) -> list[WebhookResponse]:
+    def handle_many(
+        self, requests: Sequence[WebhookRequest], *, wait_for_keys: bool = True
+    ) -> list[WebhookResponse]:
         """Answer several requests, each as :meth:`handle` would: the notifications that
         pass the checks are recorded and queued together (one :attr:`keep` call, one
-        Redis round trip for all of them where it can be done in one step)."""
-        answers = [self._check(*request) for request in requests]
+        Redis round trip for all of them where it can be done in one step).
+
+        Without *wait_for_keys*, a request whose signing key is being fetched is
+        answered :data:`KEY_PENDING` at once (nothing done): handle it again, alone,
+        where waiting for the key holds up no other request.
+        """
+        answers = [self._check(*request, wait=wait_for_keys) for request in requests]
         checked = [answer for answer in answers if isinstance(answer, Checked)]
         queued = iter(self._queue(checked) if checked else ())
         responses = [next(queued) if isinstance(a, Checked) else a for a in answers]
         for response in responses:
-            metrics().webhook_response(response.status)
+            if response is not KEY_PENDING:
+                metrics().webhook_response(response.status)
         return responses
 
     def _check(
@@ -213,6 +226,8 @@ class WebhookReceiver:
         content_type: str | None,
         body: bytes | None,
         content_length: int | None,
+        *,
+        wait: bool = True,
     ) -> WebhookResponse | Checked:
         if method.upper() != "POST":
             return _error(405, "only POST is allowed", headers={"Allow": "POST"})
@@ -220,16 +235,22 @@ class WebhookReceiver:
             body is not None and len(body) > self.max_body
         ):
             return _error(413, f"the body is larger than {self.max_body} bytes")
+        if body is not None and content_length is not None and len(body) < content_length:
+            # The client went away mid-body: what came is not what was sent.
+            return _error(400, f"the body ended after {len(body)} of {content_length} bytes")
         if not _is_json(content_type):
             return _error(415, "the body must be application/json")
         try:
             notification = parse_notification(body or b"", pattern=self.pattern)
         except BadNotification as exc:
             return _error(exc.status, exc.message, field=exc.field)
+        return self._verify(notification, wait)
+
+    def _verify(self, notification: Notification, wait: bool) -> WebhookResponse | Checked:
         try:
             if not notification.token:
                 raise TokenRejected("the notification carries no token")
-            claims = self.verifier.verify(notification.token, notification.context_id)
+            claims = self.verifier.verify(notification.token, notification.context_id, wait=wait)
         except TokenRejected as exc:
             logger.warning(
                 "tenant-gate: refused a %s notification for %s: %s",
@@ -240,17 +261,19 @@ class WebhookReceiver:
             return _error(
                 401, "invalid token", headers={"WWW-Authenticate": 'Bearer error="invalid_token"'}
             )
-        # The token and the fields together: a token SuperOffice reuses for several
-        # notifications must not make the later ones look like replays. Without its
-        # padding: the verifier accepts a token with or without it.
-        fingerprint = token_fingerprint(
-            notification.token.replace("=", ""),
-            str(int(notification.change_type)),
-            notification.context_id,
-            notification.public_endpoint,
-            notification.version_name,
-            notification.file_version,
-        )
+        except KeyPending:
+            return KEY_PENDING
+        except KeysUnavailable as exc:
+            logger.error(
+                "tenant-gate: cannot check a notification for %s: %s", notification.context_id, exc
+            )
+            return _error(
+                503,
+                "SuperOffice's signing keys could not be fetched; retry later",
+                headers={"Retry-After": "5"},
+            )
+        # The token alone: one token is acted on once, whatever body it comes with.
+        fingerprint = token_fingerprint(notification.token)
         return Checked(notification, claims, fingerprint, self.verifier.ttl(claims))
 
     def _queue(self, checked: list[Checked]) -> list[WebhookResponse]:
@@ -309,14 +332,20 @@ class WebhookReceiver:
 
 #: The two answers to a kept notification (made once: they never change).
 _ACCEPTED = WebhookResponse.json(202, {"status": "accepted"})
-_DUPLICATE = WebhookResponse.json(202, {"status": "duplicate"})
+_REPLAY = WebhookResponse.json(409, {"error": "this token was used before"})
+#: Not an answer to send: the request's signing key is being fetched (see handle_many).
+KEY_PENDING = WebhookResponse.json(503, {"error": "the signing key is being fetched"})
 
 
 def _answer_kept(notification: Notification, queued: bool) -> WebhookResponse:
     ctx = notification.context_id
     if not queued:
-        logger.info("tenant-gate: duplicate notification for %s; ignored", ctx)
-        return _DUPLICATE
+        logger.warning(
+            "tenant-gate: refused a %s notification for %s: its token was used before",
+            notification.change_type.name,
+            ctx,
+        )
+        return _REPLAY
     logger.info("tenant-gate: queued a %s notification for %s", notification.change_type.name, ctx)
     return _ACCEPTED
 
