@@ -98,11 +98,6 @@ class TokenVerifier:
         self.audience = audience
         self.leeway = leeway
         self.tenant_claim_required = tenant_claim_required
-        self._options: jwt.types.Options = {
-            "require": REQUIRED_CLAIMS,
-            "verify_aud": audience is not None,
-            "enforce_minimum_key_length": True,
-        }
         self._headers: dict[str, dict[str, Any]] = {}
 
     def verify(self, token: str, context_id: str, *, wait: bool = True) -> dict[str, Any]:
@@ -118,7 +113,11 @@ class TokenVerifier:
                 token,
                 key,
                 algorithms=[ALGORITHM],
-                options=self._options,
+                options={
+                    "require": REQUIRED_CLAIMS,
+                    "verify_aud": self.audience is not None,
+                    "enforce_minimum_key_length": True,
+                },
                 audience=self.audience,
                 issuer=self.issuer,
                 leeway=self.leeway,
