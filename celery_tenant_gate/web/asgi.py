@@ -9,7 +9,9 @@
 The body is read chunk by chunk and reading stops past ``max_body``. The receiver's
 work (checking the token; Redis and the broker; fetching keys) runs in a thread, off
 the event loop, a batch at a time: the requests that come while one batch is with the
-receiver wait and go together as the next one (see :class:`WebhookASGIApp`).
+receiver wait and go together as the next one (see :class:`WebhookASGIApp`). A
+request whose signing key must be fetched first waits for it in a thread of the
+loop's default pool, holding up no batch.
 """
 
 from __future__ import annotations

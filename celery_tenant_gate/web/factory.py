@@ -39,9 +39,9 @@ _lock = threading.Lock()
 def receiver_for(app: Any) -> WebhookReceiver:
     """The app's :class:`WebhookReceiver` (created on first use, one per process).
 
-    Tokens are checked with the ``tenant_gate_webhook_*`` settings; replays are
-    remembered in Redis (``{key_prefix}:seen:{fingerprint}``, for as long as the token
-    is valid); a good notification is sent as the task ``tenant_gate.control`` to the
+    Tokens are checked with the ``tenant_gate_webhook_*`` settings (the JWKS fetched
+    in the background from now on); used tokens are remembered in Redis
+    (``{key_prefix}:seen:{fingerprint}``, for as long as the token is valid); a good notification is sent as the task ``tenant_gate.control`` to the
     ``tenant_gate_control_queue``. On a Redis broker the task message is written
     directly (:mod:`celery_tenant_gate.control_redis`), together with the replay
     record when the broker is the shared store's Redis; elsewhere it goes through kombu.
