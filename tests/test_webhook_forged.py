@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import json
 import socket
+import threading
 import warnings
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -31,8 +32,9 @@ from test_webhook import (  # noqa: F401 - fixtures shared with test_webhook
     receiver,
     served,
 )
+from workers import wait_until
 
-from celery_tenant_gate.testing import FakeSuperOffice
+from celery_tenant_gate.testing import FakeSuperOffice, Reply
 from celery_tenant_gate.testing.superoffice import generate_key
 from celery_tenant_gate.web.receiver import WebhookReceiver
 
@@ -241,3 +243,29 @@ def test_the_http_answers_say_why(
     }
     assert post(adapter, {**captured, "Token": "x.y.z"}).json() == {"error": "invalid token"}
     assert queued.tenants == [CTX]
+
+
+@pytest.mark.parametrize("kind", ["asgi", "wsgi"])
+def test_a_new_kid_waits_for_its_fetch_and_no_other_request_does(
+    kind: str, receiver: WebhookReceiver, superoffice: FakeSuperOffice, queued: Queued
+) -> None:
+    new_key = generate_key()
+    with served(kind, receiver) as address:
+        assert post(address, superoffice.notification("Cust1", 2)).status_code == 202
+        superoffice.publish_key("next", new_key.public_key())
+        held = threading.Event()
+        superoffice.script_jwks(Reply(release=held))  # the fetch hangs until told
+        rotated = superoffice.notification("Cust2", 2, key=new_key, kid="next")
+        answers: list[int] = []
+        waiting = threading.Thread(
+            target=lambda: answers.append(post(address, rotated).status_code)
+        )
+        waiting.start()
+        wait_until(lambda: superoffice.jwks_fetches == 2, what="the fetch asked for")
+        for n in range(3, 13):  # answered while the fetch hangs: none waited for it
+            assert post(address, superoffice.notification(f"Cust{n}", 2)).status_code == 202
+        assert answers == [] and not held.is_set()
+        held.set()
+        waiting.join(10)
+    assert answers == [202]
+    assert sorted(queued.tenants) == sorted(f"Cust{n}" for n in range(1, 13))

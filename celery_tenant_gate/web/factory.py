@@ -41,7 +41,8 @@ def receiver_for(app: Any) -> WebhookReceiver:
 
     Tokens are checked with the ``tenant_gate_webhook_*`` settings (the JWKS fetched
     in the background from now on); used tokens are remembered in Redis
-    (``{key_prefix}:seen:{fingerprint}``, for as long as the token is valid); a good notification is sent as the task ``tenant_gate.control`` to the
+    (``{key_prefix}:seen:{fingerprint}``, for as long as the token is valid); a good
+    notification is sent as the task ``tenant_gate.control`` to the
     ``tenant_gate_control_queue``. On a Redis broker the task message is written
     directly (:mod:`celery_tenant_gate.control_redis`), together with the replay
     record when the broker is the shared store's Redis; elsewhere it goes through kombu.
