@@ -22,13 +22,10 @@ Nothing is queued for any 4xx answer.
 
 from __future__ import annotations
 
-import json
 import logging
 import re
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
-from functools import cached_property
-from types import MappingProxyType
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from celery_tenant_gate.io.metrics import metrics
@@ -44,6 +41,18 @@ from celery_tenant_gate.model.notification import (
     Notification,
     parse_notification,
 )
+
+from .responses import (
+    ACCEPTED,
+    KEY_PENDING,
+    REPLAY,
+    WebhookResponse,
+    error,
+    is_json,
+    unavailable,
+)
+
+__all__ = ["KEY_PENDING", "Checked", "WebhookReceiver", "WebhookRequest", "WebhookResponse"]
 
 logger = logging.getLogger(__name__)
 
@@ -82,42 +91,6 @@ class Checked:
 #: ``None`` if that cannot be done in one step now (then *seen_before*, *enqueue* and
 #: *forget* are used), or the exception that stopped it (nothing recorded or queued).
 Keep = Callable[[Sequence[Checked]], Sequence[bool | Exception | None]]
-
-
-@dataclass(frozen=True)
-class WebhookResponse:
-    """What to answer: a status, a JSON body and headers (``Content-Type`` included)."""
-
-    status: int
-    body: bytes
-    headers: Mapping[str, str] = field(default_factory=dict)
-
-    @cached_property
-    def raw_headers(self) -> tuple[tuple[bytes, bytes], ...]:
-        """The headers as ASGI sends them: lower-case names, latin-1 bytes (a tuple:
-        responses may be shared; an adapter sends a list of its own)."""
-        return tuple(
-            (name.lower().encode("latin-1"), value.encode("latin-1"))
-            for name, value in self.headers.items()
-        )
-
-    @classmethod
-    def json(
-        cls, status: int, document: Mapping[str, Any], headers: Mapping[str, str] | None = None
-    ) -> WebhookResponse:
-        body = json.dumps(document, separators=(",", ":")).encode()
-        # Read-only: some responses are made once and shared by every request.
-        return cls(
-            status,
-            body,
-            MappingProxyType(
-                {
-                    "Content-Type": "application/json",
-                    "Content-Length": str(len(body)),
-                    **(headers or {}),
-                }
-            ),
-        )
 
 
 class WebhookReceiver:
@@ -230,20 +203,20 @@ class WebhookReceiver:
         wait: bool = True,
     ) -> WebhookResponse | Checked:
         if method.upper() != "POST":
-            return _error(405, "only POST is allowed", headers={"Allow": "POST"})
+            return error(405, "only POST is allowed", headers={"Allow": "POST"})
         if (content_length is not None and content_length > self.max_body) or (
             body is not None and len(body) > self.max_body
         ):
-            return _error(413, f"the body is larger than {self.max_body} bytes")
+            return error(413, f"the body is larger than {self.max_body} bytes")
         if body is not None and content_length is not None and len(body) < content_length:
             # The client went away mid-body: what came is not what was sent.
-            return _error(400, f"the body ended after {len(body)} of {content_length} bytes")
-        if not _is_json(content_type):
-            return _error(415, "the body must be application/json")
+            return error(400, f"the body ended after {len(body)} of {content_length} bytes")
+        if not is_json(content_type):
+            return error(415, "the body must be application/json")
         try:
             notification = parse_notification(body or b"", pattern=self.pattern)
         except BadNotification as exc:
-            return _error(exc.status, exc.message, field=exc.field)
+            return error(exc.status, exc.message, field=exc.field)
         return self._verify(notification, wait)
 
     def _verify(self, notification: Notification, wait: bool) -> WebhookResponse | Checked:
@@ -258,7 +231,7 @@ class WebhookReceiver:
                 notification.context_id,
                 exc.reason,
             )
-            return _error(
+            return error(
                 401, "invalid token", headers={"WWW-Authenticate": 'Bearer error="invalid_token"'}
             )
         except KeyPending:
@@ -267,7 +240,7 @@ class WebhookReceiver:
             logger.error(
                 "tenant-gate: cannot check a notification for %s: %s", notification.context_id, exc
             )
-            return _error(
+            return error(
                 503,
                 "SuperOffice's signing keys could not be fetched; retry later",
                 headers={"Retry-After": "5"},
@@ -293,7 +266,7 @@ class WebhookReceiver:
                     one.notification.context_id,
                     exc_info=outcome,
                 )
-                responses.append(_unavailable())
+                responses.append(unavailable())
             else:
                 responses.append(_answer_kept(one.notification, outcome))
         return responses
@@ -308,13 +281,13 @@ class WebhookReceiver:
                 return _answer_kept(notification, False)
         except Exception:
             logger.exception("tenant-gate: could not check notification for %s for replay", ctx)
-            return _unavailable()
+            return unavailable()
         try:
             self.enqueue(notification, checked.claims)
         except Exception:
             logger.exception("tenant-gate: could not queue notification for %s", ctx)
             self._forget(fingerprint, ctx)
-            return _unavailable()
+            return unavailable()
         return _answer_kept(notification, True)
 
     def _forget(self, fingerprint: str, ctx: str) -> None:
@@ -330,13 +303,6 @@ class WebhookReceiver:
             )
 
 
-#: The two answers to a kept notification (made once: they never change).
-_ACCEPTED = WebhookResponse.json(202, {"status": "accepted"})
-_REPLAY = WebhookResponse.json(409, {"error": "this token was used before"})
-#: Not an answer to send: the request's signing key is being fetched (see handle_many).
-KEY_PENDING = WebhookResponse.json(503, {"error": "the signing key is being fetched"})
-
-
 def _answer_kept(notification: Notification, queued: bool) -> WebhookResponse:
     ctx = notification.context_id
     if not queued:
@@ -345,39 +311,6 @@ def _answer_kept(notification: Notification, queued: bool) -> WebhookResponse:
             notification.change_type.name,
             ctx,
         )
-        return _REPLAY
+        return REPLAY
     logger.info("tenant-gate: queued a %s notification for %s", notification.change_type.name, ctx)
-    return _ACCEPTED
-
-
-def _is_json(content_type: str | None) -> bool:
-    if not content_type:
-        return False
-    media_type, _, parameters = content_type.partition(";")
-    if media_type.strip().lower() != "application/json":
-        return False
-    for parameter in filter(None, (p.strip() for p in parameters.split(";"))):
-        name, _, value = parameter.partition("=")
-        # JSON is UTF-8 (RFC 8259): a charset parameter may only say so.
-        if name.strip().lower() != "charset" or value.strip().strip('"').lower() != "utf-8":
-            return False
-    return True
-
-
-def _error(
-    status: int,
-    message: str,
-    *,
-    field: str | None = None,
-    headers: Mapping[str, str] | None = None,
-) -> WebhookResponse:
-    document: dict[str, Any] = {"error": message}
-    if field is not None:
-        document["field"] = field
-    return WebhookResponse.json(status, document, headers)
-
-
-def _unavailable() -> WebhookResponse:
-    return _error(
-        503, "the notification could not be queued; retry later", headers={"Retry-After": "5"}
-    )
+    return ACCEPTED
