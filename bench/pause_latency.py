@@ -188,6 +188,7 @@ def _webhook_app(ns: Namespace, superoffice: FakeSuperOffice) -> Celery:
         tenant_gate_control_queue=f"{ns.prefix}.control",
         tenant_gate_webhook_jwks_url=superoffice.jwks_url,
         tenant_gate_webhook_issuer=superoffice.issuer,
+        tenant_gate_webhook_jwks_allow_http=True,  # the fake SuperOffice is http
     )
     return app
 

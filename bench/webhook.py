@@ -34,7 +34,7 @@ import time
 import uuid
 from collections.abc import Coroutine, Iterator
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +66,8 @@ class Phase:
     latency: Spread
     #: CPU seconds the server process used during the phase (user + system).
     server_cpu: float
+    #: Each request's latency, in the order of the requests.
+    samples: list[float] = field(default_factory=list, repr=False)
 
     @property
     def rate(self) -> float:
@@ -88,7 +90,9 @@ class Connection:
     async def open(cls, port: int) -> Connection:
         return cls(*await asyncio.open_connection("127.0.0.1", port))
 
-    async def post(self, request: bytes) -> None:
+    async def post(self, request: bytes, expect: bytes | None = b"202") -> None:
+        """Post *request* and read the answer; raise unless its status is *expect*
+        (``None``: any)."""
         self.writer.write(request)
         head = await self.reader.readuntil(b"\r\n\r\n")
         status_line, _, header_block = head.partition(b"\r\n")
@@ -98,7 +102,7 @@ class Connection:
             if name.strip().lower() == b"content-length":
                 length = int(value)
         body = await self.reader.readexactly(length)
-        if status_line.split(b" ", 2)[1] != b"202":
+        if expect is not None and status_line.split(b" ", 2)[1] != expect:
             raise RuntimeError(f"answered {status_line.decode()}: {body.decode(errors='replace')}")
 
     def close(self) -> None:
@@ -116,18 +120,16 @@ def encode(path: str, body: bytes) -> bytes:
 async def closed_loop(port: int, requests: list[bytes], clients: int) -> list[float]:
     """Post every request, *clients* connections back to back; latency of each."""
     connections = [await Connection.open(port) for _ in range(clients)]
-    latencies: list[float] = []
+    latencies = [0.0] * len(requests)
 
-    async def client(conn: Connection, share: list[bytes]) -> None:
-        for request in share:
+    async def client(conn: Connection, first: int) -> None:
+        for n in range(first, len(requests), clients):
             started = time.perf_counter()
-            await conn.post(request)
-            latencies.append(time.perf_counter() - started)
+            await conn.post(requests[n])
+            latencies[n] = time.perf_counter() - started
 
     try:
-        await asyncio.gather(
-            *(client(conn, requests[i::clients]) for i, conn in enumerate(connections))
-        )
+        await asyncio.gather(*(client(conn, i) for i, conn in enumerate(connections)))
     finally:
         for conn in connections:
             conn.close()
@@ -136,13 +138,14 @@ async def closed_loop(port: int, requests: list[bytes], clients: int) -> list[fl
 
 async def open_loop(port: int, requests: list[bytes], rate: float, most: int) -> list[float]:
     """Post the requests on a schedule of *rate* a second, opening connections as
-    needed up to *most*; latency of each from when it was due."""
+    needed up to *most*; latency of each (in the order of *requests*) from when it
+    was due."""
     idle: list[Connection] = []
     opened = 0
     free = asyncio.Condition()
-    latencies: list[float] = []
+    latencies = [0.0] * len(requests)
 
-    async def one(due: float, request: bytes) -> None:
+    async def one(n: int, due: float, request: bytes) -> None:
         nonlocal opened
         # From when it was due, or sent if this (shared) core woke up late: the
         # client's lateness is not the server's.
@@ -154,7 +157,7 @@ async def open_loop(port: int, requests: list[bytes], rate: float, most: int) ->
             await free.wait_for(lambda: bool(idle))
             conn = idle.pop()
         await conn.post(request)
-        latencies.append(time.perf_counter() - due)
+        latencies[n] = time.perf_counter() - due
         async with free:
             idle.append(conn)
             free.notify()
@@ -166,7 +169,7 @@ async def open_loop(port: int, requests: list[bytes], rate: float, most: int) ->
         delay = due - time.perf_counter()
         if delay > 0:
             await asyncio.sleep(delay)
-        tasks.append(asyncio.create_task(one(due, request)))
+        tasks.append(asyncio.create_task(one(i, due, request)))
     try:
         await asyncio.gather(*tasks)
     finally:
@@ -189,7 +192,7 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def _phase(pid: int, measure: Coroutine[Any, Any, list[float]]) -> Phase:
+def phase(pid: int, measure: Coroutine[Any, Any, list[float]]) -> Phase:
     # The load generator's own garbage collection is kept out of the phase: a full
     # collection here paused it for 25-55 ms, after which the requests due meanwhile
     # went out together, a burst that the server's latency took the blame for.
@@ -202,7 +205,7 @@ def _phase(pid: int, measure: Coroutine[Any, Any, list[float]]) -> Phase:
         seconds = time.perf_counter() - started
     finally:
         gc.enable()
-    return Phase(len(latencies), seconds, Spread.of(latencies), _cpu_seconds(pid) - cpu)
+    return Phase(len(latencies), seconds, Spread.of(latencies), _cpu_seconds(pid) - cpu, latencies)
 
 
 @contextmanager
@@ -219,8 +222,12 @@ def _pinned(core: int) -> Iterator[None]:
         os.sched_setaffinity(0, before)
 
 
-def _start_server(
-    stack: ExitStack, redis_url: str, prefix: str, superoffice: FakeSuperOffice
+def start_server(
+    stack: ExitStack,
+    redis_url: str,
+    prefix: str,
+    superoffice: FakeSuperOffice,
+    cache: str = "own",
 ) -> tuple[subprocess.Popen[bytes], int]:
     port_file = Path(stack.enter_context(tempfile.TemporaryDirectory())) / "port"
     server = subprocess.Popen(
@@ -234,6 +241,7 @@ def _start_server(
             prefix,
             superoffice.jwks_url,
             superoffice.issuer,
+            cache,
         ],
         cwd=HERE.parent,
     )
@@ -255,16 +263,23 @@ def _start_server(
     return server, int(port_file.read_text())
 
 
-def _notifications(superoffice: FakeSuperOffice, count: int, first: int) -> list[bytes]:
-    """*count* distinct signed notifications (Upgrade, Suspend, Resume, ... in turn)."""
+def notifications(
+    superoffice: FakeSuperOffice, count: int, first: int, **signing: Any
+) -> list[bytes]:
+    """*count* distinct signed notifications (Upgrade, Suspend, Resume, ... in turn);
+    *signing* as :meth:`FakeSuperOffice.notification` takes it (``key``, ``kid``)."""
     kinds = (0, 2, 3, 1, 4)  # no Move: it needs a PublicEndpoint
     return [
-        json.dumps(superoffice.notification(f"Cust{first + n}", kinds[n % len(kinds)])).encode()
+        json.dumps(
+            superoffice.notification(f"Cust{first + n}", kinds[n % len(kinds)], **signing)
+        ).encode()
         for n in range(count)
     ]
 
 
 def run(redis_url: str | None = None, quick: bool = False) -> list[Result]:
+    from bench.webhook_keys import Setup, key_phases  # noqa: PLC0415 - it uses this module
+
     count = 300 if quick else 4_000
     warm = 50 if quick else 200
     prefix = f"tgbench:{uuid.uuid4().hex[:8]}"
@@ -279,39 +294,42 @@ def run(redis_url: str | None = None, quick: bool = False) -> list[Result]:
             # Ours: keep it off the server's core, with the load generator.
             os.sched_setaffinity(int(client.info("server")["process_id"]), {CLIENT_CORE})
         superoffice = stack.enter_context(FakeSuperOffice())
-        server, port = _start_server(stack, redis_url, prefix, superoffice)
+        server, port = start_server(stack, redis_url, prefix, superoffice)
         half = count // 4
-        signed = _notifications(superoffice, warm + 2 * count + half, 1)
+        signed = notifications(superoffice, warm + 2 * count + half, 1)
         hook = [encode("/hook", body) for body in signed]
         plain = [encode("/plain", body) for body in signed]
         phases: dict[str, Phase] = {}
         with _pinned(CLIENT_CORE):
             # Warm-up: the JWKS fetched, connections to Redis made, code paths hot.
-            _phase(server.pid, closed_loop(port, hook[:warm], CLIENTS))
-            _phase(server.pid, closed_loop(port, plain[:warm], CLIENTS))
+            phase(server.pid, closed_loop(port, hook[:warm], CLIENTS))
+            phase(server.pid, closed_loop(port, plain[:warm], CLIENTS))
             verified = hook[warm : warm + count]
             paced = hook[warm + count : warm + 2 * count]
             unhurried = hook[warm + 2 * count :]
             baseline = plain[warm : warm + count]
             # Alternating, so that both see the same noise of a shared machine.
-            phases["plain throughput"] = _phase(server.pid, closed_loop(port, baseline, CLIENTS))
-            phases["verified throughput"] = _phase(server.pid, closed_loop(port, verified, CLIENTS))
-            phases["verified at rate"] = _phase(
+            phases["plain throughput"] = phase(server.pid, closed_loop(port, baseline, CLIENTS))
+            phases["verified throughput"] = phase(server.pid, closed_loop(port, verified, CLIENTS))
+            phases["verified at rate"] = phase(
                 server.pid, open_loop(port, paced, RATE, CONNECTIONS)
             )
-            phases["plain at rate"] = _phase(
+            phases["plain at rate"] = phase(
                 server.pid, open_loop(port, baseline, RATE, CONNECTIONS)
             )
             # What a notification takes when the server keeps up (informational).
             slower = min(RATE, phases["verified throughput"].rate / 2)
-            phases[f"verified at {slower:.0f}/s (half its throughput)"] = _phase(
+            phases[f"verified at {slower:.0f}/s (half its throughput)"] = phase(
                 server.pid, open_loop(port, unhurried, slower, CONNECTIONS)
             )
+            keys = key_phases(stack, Setup(redis_url, prefix, superoffice, server.pid, port), count)
+        accepted = len(signed) + keys.accepted
         queued = client.llen(f"{prefix}:control")
-        if queued != len(signed):
-            raise RuntimeError(f"{queued} control tasks queued for {len(signed)} 202s")
-    for label, phase in phases.items():
-        print(f"  webhook {label}: {phase.describe()}")
+        if queued != accepted:
+            raise RuntimeError(f"{queued} control tasks queued for {accepted} 202s")
+        phases.update(keys.phases)
+    for label, measured in phases.items():
+        print(f"  webhook {label}: {measured.describe()}")
     fast, base = phases["verified throughput"], phases["plain throughput"]
     at_rate, base_at_rate = phases["verified at rate"], phases["plain at rate"]
     return [
@@ -345,4 +363,5 @@ def run(redis_url: str | None = None, quick: bool = False) -> list[Result]:
             goal="informational",
             met=True,
         ),
+        *keys.results(phases),
     ]

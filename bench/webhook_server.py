@@ -2,7 +2,10 @@
 ASGI adapter of the webhook at ``/hook`` and a plain 202 at ``/plain`` (the baseline:
 the body is read, nothing is checked, nothing queued).
 
-Arguments: port file, core, Redis URL (also the broker), key prefix, JWKS URL, issuer.
+Arguments: port file, core, Redis URL (also the broker), key prefix, JWKS URL, issuer,
+key cache: ``own`` (the package's :class:`SigningKeys`: fetched in the background) or
+``pyjwkclient`` (PyJWT's ``PyJWKClient``, which fetches on the request's thread under
+its lock when its cache expires or a kid is unknown), to compare the two.
 The port is written to the port file once the socket listens. HTTP/1.1 keep-alive,
 no access log; uvicorn takes its C parser (httptools) and uvloop when installed.
 """
@@ -14,10 +17,12 @@ import socket
 import sys
 from typing import Any
 
+import jwt
 import uvicorn
 from celery import Celery
 
 from celery_tenant_gate.web.asgi import make_asgi_app
+from celery_tenant_gate.web.factory import receiver_for
 
 PLAIN_BODY = b'{"status":"accepted"}'
 PLAIN_HEADERS = [
@@ -41,8 +46,20 @@ def router(webhook: Any) -> Any:
     return application
 
 
+class PyJWKClientKeys:
+    """PyJWT's own JWKS client as the verifier's key source."""
+
+    def __init__(self, url: str) -> None:
+        self.client = jwt.PyJWKClient(url, lifespan=300, cooldown_duration=10, timeout=10)
+
+    def get(self, kid: str | None, *, wait: bool = True) -> jwt.PyJWK:
+        if kid is None:
+            raise jwt.PyJWKClientError("no kid")
+        return self.client.get_signing_key(kid)
+
+
 def main() -> None:
-    port_file, core, redis_url, prefix, jwks_url, issuer = sys.argv[1:7]
+    port_file, core, redis_url, prefix, jwks_url, issuer, cache = sys.argv[1:8]
     os.sched_setaffinity(0, {int(core)})
     app = Celery("bench-webhook", broker=redis_url, set_as_current=False)
     app.conf.update(
@@ -51,9 +68,13 @@ def main() -> None:
         tenant_gate_control_queue=f"{prefix}:control",
         tenant_gate_webhook_jwks_url=jwks_url,
         tenant_gate_webhook_issuer=issuer,
+        tenant_gate_webhook_jwks_allow_http=True,  # the fake SuperOffice is http
     )
+    receiver = receiver_for(app)
+    if cache == "pyjwkclient":
+        receiver.verifier.keys = PyJWKClientKeys(jwks_url)
     config = uvicorn.Config(
-        router(make_asgi_app(app)),
+        router(make_asgi_app(receiver)),
         lifespan="off",
         access_log=False,
         log_level="warning",

@@ -51,6 +51,7 @@ def make_app(env: Mapping[str, str]) -> Celery:
         result_backend=env.get("GATE_RESULTS") or None,
         tenant_gate_webhook_jwks_url=env.get("GATE_JWKS") or None,
         tenant_gate_webhook_issuer=env.get("GATE_ISSUER") or None,
+        tenant_gate_webhook_jwks_allow_http=True,  # the fake SuperOffice is http
         tenant_gate_metrics=bool(env.get("GATE_METRICS_PORT")),
         tenant_gate_metrics_port=env.get("GATE_METRICS_PORT") or None,
         tenant_gate_metrics_address="127.0.0.1",

@@ -128,7 +128,7 @@ def test_an_upgrade_posted_to_the_webhook_pauses_the_tenant_on_the_workers(
     body = superoffice.notification("Cust1", int(ChangeType.Upgrade))
     answer = requests.post(webhook_url, json=body, timeout=10)
     assert answer.status_code == 202
-    assert requests.post(webhook_url, json=body, timeout=10).status_code == 202  # a replay
+    assert requests.post(webhook_url, json=body, timeout=10).status_code == 409  # a replay
     wait_until(lambda: _paused(gate, "Cust1"), what="paused through the webhook")
     paused_at = time.time()
     superoffice.set_state("Cust1", "OfflineMaintenance", valid_for=0.3)

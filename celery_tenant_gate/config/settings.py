@@ -203,7 +203,27 @@ class GateConfig:
         checks.text, None, "Expected `aud` of notification tokens; not checked when unset."
     )
     webhook_leeway: float = _setting(
-        checks.non_negative, 60.0, "Seconds of clock skew allowed on `exp` and `nbf`."
+        checks.non_negative, 60.0, "Seconds of clock skew allowed on `exp`, `nbf` and `iat`."
+    )
+    webhook_tokens_without_tenant: bool = _setting(
+        checks.flag,
+        False,
+        "Accept notification tokens that carry no tenant claim "
+        "(`http://schemes.superoffice.net/identity/ctx`) for the tenant the body names. "
+        "Set it only if SuperOffice's tokens for your app carry none (undocumented); a "
+        "token that carries one must always name the body's tenant.",
+    )
+    webhook_jwks_refresh: float = _setting(
+        checks.positive,
+        300.0,
+        "Seconds between the background fetches of the JWKS (an unknown `kid` asks for "
+        "one sooner, at most every 10 s).",
+    )
+    webhook_jwks_allow_http: bool = _setting(
+        checks.flag,
+        False,
+        "Tests only: accept an `http://` JWKS URL (the JWKS must otherwise be https: "
+        "keys fetched over plain HTTP can be swapped on the way).",
     )
     webhook_max_body: int = _setting(
         checks.count, 65_536, "Largest notification body accepted, in bytes."

@@ -28,7 +28,7 @@ import json
 import threading
 import time
 from collections import Counter, deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
@@ -53,9 +53,9 @@ def _default_key() -> rsa.RSAPrivateKey:
     return generate_key()
 
 
-def generate_key() -> rsa.RSAPrivateKey:
-    """A fresh 2048-bit RSA key, e.g. to forge tokens with a key SuperOffice never had."""
-    return rsa.generate_private_key(public_exponent=65537, key_size=2048)
+def generate_key(bits: int = 2048) -> rsa.RSAPrivateKey:
+    """A fresh RSA key, e.g. to forge tokens with a key SuperOffice never had."""
+    return rsa.generate_private_key(public_exponent=65537, key_size=bits)
 
 
 def _b64(data: bytes) -> str:
@@ -71,6 +71,8 @@ class Reply:
     headers: dict[str, str] = field(default_factory=dict)
     delay: float = 0.0
     content_type: str = "application/json"
+    #: Answer only once this is set (at most 30 s): a fetch a test holds in flight.
+    release: threading.Event | None = None
 
 
 @dataclass
@@ -187,7 +189,8 @@ class FakeSuperOffice:
                 self._published[kid] = key
 
     def script_jwks(self, *replies: Reply) -> None:
-        """Answer these replies to the next JWKS fetches, in order, then the JWKS again."""
+        """Answer these replies to the next JWKS fetches, in order, then the JWKS again
+        (a 200 reply without a body: the JWKS as it is then, after its delay/release)."""
         with self._lock:
             self._jwks_script.extend(replies)
 
@@ -431,9 +434,10 @@ class FakeSuperOffice:
         with self._lock:
             self._jwks_fetches += 1
             scripted = self._jwks_script.popleft() if self._jwks_script else None
-        if scripted is not None:
+        if scripted is not None and (scripted.body is not None or scripted.status != 200):
             return scripted
-        return Reply(body=json.dumps(self.jwks()).encode())
+        jwks = Reply(body=json.dumps(self.jwks()).encode())
+        return jwks if scripted is None else replace(scripted, body=jwks.body)
 
 
 class _QuietServer(ThreadingHTTPServer):
@@ -453,6 +457,8 @@ def _handler(fake: FakeSuperOffice) -> type[BaseHTTPRequestHandler]:
             path = urlsplit(self.path).path
             if path == JWKS_PATH:
                 reply = fake._answer_jwks()
+                if reply.release is not None:
+                    reply.release.wait(30)
                 if reply.delay:
                     time.sleep(reply.delay)
                 self._send(reply)

@@ -15,7 +15,7 @@ which queue the control task goes to) or a ready :class:`WebhookReceiver`.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from .receiver import WebhookReceiver
@@ -60,3 +60,14 @@ def read_limited(read: Callable[[int], bytes], limit: int) -> bytes:
             break
         chunks += chunk
     return bytes(chunks)
+
+
+def read_wsgi_body(environ: Mapping[str, Any], length: int | None, limit: int) -> bytes:
+    """The body of a WSGI request: *length* bytes (fewer if the client went away), or
+    with no length, a chunked body the server ends for us (``wsgi.input_terminated``)
+    up to *limit* + 1 bytes; else none (PEP 3333: no Content-Length, no body to read)."""
+    if length is not None:
+        return read_limited(environ["wsgi.input"].read, length)
+    if environ.get("wsgi.input_terminated"):
+        return read_limited(environ["wsgi.input"].read, limit + 1)
+    return b""

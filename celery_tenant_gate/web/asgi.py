@@ -9,7 +9,9 @@
 The body is read chunk by chunk and reading stops past ``max_body``. The receiver's
 work (checking the token; Redis and the broker; fetching keys) runs in a thread, off
 the event loop, a batch at a time: the requests that come while one batch is with the
-receiver wait and go together as the next one (see :class:`WebhookASGIApp`).
+receiver wait and go together as the next one (see :class:`WebhookASGIApp`). A
+request whose signing key must be fetched first waits for it in a thread of the
+loop's default pool, holding up no batch.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 from . import as_receiver, parse_content_length
-from .receiver import WebhookReceiver, WebhookRequest, WebhookResponse
+from .receiver import KEY_PENDING, WebhookReceiver, WebhookRequest, WebhookResponse
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -118,7 +120,12 @@ class _Batches:
             self.busy = True
             # Soon, not now: the requests that came in the same turn of the loop join.
             loop.call_soon(self._next)
-        return await future
+        response = await future
+        if response is KEY_PENDING:
+            # Its signing key is being fetched: it waits for it (bounded) in a thread
+            # of the loop's pool, holding up no other request.
+            response = await loop.run_in_executor(None, self.receiver.handle, *request)
+        return response
 
     def _next(self) -> None:
         batch, self.waiting = self.waiting[: self.most], self.waiting[self.most :]
@@ -128,7 +135,7 @@ class _Batches:
         requests = [request for request, _ in batch]
         loop = asyncio.get_running_loop()
         try:
-            answered = self.thread.submit(self.receiver.handle_many, requests)
+            answered = self.thread.submit(self.receiver.handle_many, requests, wait_for_keys=False)
         except RuntimeError as exc:  # shut down: the interpreter is exiting
             answered = concurrent.futures.Future()
             answered.set_exception(exc)

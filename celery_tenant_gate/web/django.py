@@ -20,7 +20,7 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
 
     raise missing_extra("Django", "django") from exc
 
-from . import as_receiver, parse_content_length, read_limited
+from . import as_receiver, parse_content_length, read_limited, read_wsgi_body
 
 
 def webhook_view(receiver_or_app: Any) -> Callable[[HttpRequest], HttpResponse]:
@@ -35,8 +35,12 @@ def webhook_view(receiver_or_app: Any) -> Callable[[HttpRequest], HttpResponse]:
             length = None  # Django reads no body then; the receiver says it is empty
         body = None
         if method.upper() == "POST" and (length is None or length <= receiver.max_body):
-            # Django's stream ends at Content-Length: never more than the limit is read.
-            body = read_limited(request.read, receiver.max_body + 1)
+            if "wsgi.input" in request.META:
+                # Django reads no chunked body (no Content-Length): the server's stream,
+                # which Django has not touched (the view is CSRF-exempt).
+                body = read_wsgi_body(request.META, length, receiver.max_body)
+            else:  # ASGI: Django has read the body already
+                body = read_limited(request.read, receiver.max_body + 1)
         answer = receiver.handle(method, request.META.get("CONTENT_TYPE"), body, length)
         response = HttpResponse(answer.body, status=answer.status)
         for name, value in answer.headers.items():

@@ -25,6 +25,7 @@ from celery_tenant_gate.io.broker.redis_control import (
     redis_control_queue,
     task_kwargsrepr,
 )
+from celery_tenant_gate.io.superoffice.jwks import KeySource, SigningKeys, StaticKey
 from celery_tenant_gate.io.superoffice.tokens import TokenVerifier
 from celery_tenant_gate.model.errors import ConfigError
 from celery_tenant_gate.model.ids import compile_pattern
@@ -38,9 +39,10 @@ _lock = threading.Lock()
 def receiver_for(app: Any) -> WebhookReceiver:
     """The app's :class:`WebhookReceiver` (created on first use, one per process).
 
-    Tokens are checked with the ``tenant_gate_webhook_*`` settings; replays are
-    remembered in Redis (``{key_prefix}:seen:{fingerprint}``, for as long as the token
-    is valid); a good notification is sent as the task ``tenant_gate.control`` to the
+    Tokens are checked with the ``tenant_gate_webhook_*`` settings (the JWKS fetched
+    in the background from now on); used tokens are remembered in Redis
+    (``{key_prefix}:seen:{fingerprint}``, for as long as the token is valid); a good
+    notification is sent as the task ``tenant_gate.control`` to the
     ``tenant_gate_control_queue``. On a Redis broker the task message is written
     directly (:mod:`celery_tenant_gate.control_redis`), together with the replay
     record when the broker is the shared store's Redis; elsewhere it goes through kombu.
@@ -65,12 +67,22 @@ def _make_receiver(app: Any, config: GateConfig) -> WebhookReceiver:
             f"set {PREFIX}webhook_jwks_url or {PREFIX}webhook_public_key, not both: "
             "they are two sources of SuperOffice's signing key"
         )
+    keys: KeySource
+    if config.jwks_url is not None:
+        keys = SigningKeys(
+            config.jwks_url,
+            refresh_every=config.webhook_jwks_refresh,
+            allow_http=config.webhook_jwks_allow_http,
+        )
+        keys.start()  # fetched from now on, in the background
+    else:
+        keys = StaticKey(config.webhook_public_key or "")
     verifier = TokenVerifier(
         config.token_issuer,
-        jwks_url=config.jwks_url,
-        public_key_pem=config.webhook_public_key,
+        keys=keys,
         audience=config.webhook_audience,
         leeway=config.webhook_leeway,
+        tenant_claim_required=not config.webhook_tokens_without_tenant,
     )
     client = redis.Redis.from_url(config.require_redis_url())
     prefix = config.key_prefix
@@ -212,9 +224,20 @@ class ControlSender:
 
 
 def control_kwargs(notification: Notification, claims: dict[str, Any]) -> dict[str, Any]:
-    """The keyword arguments of the control task for one notification."""
+    """The keyword arguments of the control task for one notification.
+
+    Its time, which orders it against others of its tenant, is the token's signed
+    ``iat``, never later than this process received it (``iat`` may be up to the
+    leeway ahead of our clock): times SuperOffice signed or we measured, never a field
+    of the body.
+    """
+    received = time.time()
     iat = claims.get("iat")
-    issued = float(iat) if isinstance(iat, int | float) and not isinstance(iat, bool) else None
+    issued = (
+        min(float(iat), received)
+        if isinstance(iat, int | float) and not isinstance(iat, bool)
+        else None
+    )
     return {
         "change_type": int(notification.change_type),
         "context_id": notification.context_id,
@@ -222,5 +245,5 @@ def control_kwargs(notification: Notification, claims: dict[str, Any]) -> dict[s
         "version_name": notification.version_name,
         "file_version": notification.file_version,
         "token_iat": issued,
-        "received_at": time.time(),
+        "received_at": received,
     }

@@ -12,6 +12,7 @@ from typing import Any
 
 try:
     from flask import Blueprint, Response, request
+    from werkzeug.exceptions import ClientDisconnected
 except ImportError as exc:  # pragma: no cover - depends on the environment
     from . import missing_extra
 
@@ -38,8 +39,12 @@ def webhook_blueprint(
             length = None  # werkzeug reads no body then; the receiver says it is empty
         body = None
         if request.method == "POST" and (length is None or length <= receiver.max_body):
-            # werkzeug's stream ends at Content-Length: never more than the limit is read.
-            body = read_limited(request.stream.read, receiver.max_body + 1)
+            # werkzeug's stream ends at Content-Length, or at a chunked body's end
+            # (wsgi.input_terminated): never more than the limit is read.
+            try:
+                body = read_limited(request.stream.read, receiver.max_body + 1)
+            except ClientDisconnected:
+                body = b""  # shorter than its Content-Length: the client went away
         answer = receiver.handle(request.method, request.headers.get("Content-Type"), body, length)
         return Response(answer.body, status=answer.status, headers=dict(answer.headers))
 

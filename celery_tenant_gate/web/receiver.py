@@ -5,13 +5,16 @@ call of :meth:`WebhookReceiver.handle` and its :class:`WebhookResponse` back int
 the framework's response. What it answers:
 
 =====  ===========================================================================
-202    ``{"status": "accepted"}``: checked and queued; or ``{"status": "duplicate"}``:
-       the same notification was already queued (SuperOffice may send one twice)
-400    the body is not a notification; the answer names the field at fault
+202    ``{"status": "accepted"}``: checked and queued
+400    the body is not a notification (the answer names the field at fault), or
+       shorter than its ``Content-Length``
 401    the token is not a valid SuperOffice token for this tenant (the reason is
        logged, never told)
 405    not a POST; 413 larger than ``max_body``; 415 not ``application/json``
-503    the notification could not be queued: the sender should retry
+409    the token was used before (by this notification or another body): one token,
+       one notification
+503    the notification could not be queued, or SuperOffice's signing keys could not
+       be fetched: the sender should retry
 =====  ===========================================================================
 
 Nothing is queued for any 4xx answer.
@@ -19,17 +22,16 @@ Nothing is queued for any 4xx answer.
 
 from __future__ import annotations
 
-import json
 import logging
 import re
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
-from functools import cached_property
-from types import MappingProxyType
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from celery_tenant_gate.io.metrics import metrics
 from celery_tenant_gate.io.superoffice.tokens import (
+    KeyPending,
+    KeysUnavailable,
     TokenRejected,
     TokenVerifier,
     token_fingerprint,
@@ -39,6 +41,18 @@ from celery_tenant_gate.model.notification import (
     Notification,
     parse_notification,
 )
+
+from .responses import (
+    ACCEPTED,
+    KEY_PENDING,
+    REPLAY,
+    WebhookResponse,
+    error,
+    is_json,
+    unavailable,
+)
+
+__all__ = ["KEY_PENDING", "Checked", "WebhookReceiver", "WebhookRequest", "WebhookResponse"]
 
 logger = logging.getLogger(__name__)
 
@@ -66,7 +80,7 @@ class Checked:
     notification: Notification
     #: The claims of its verified token.
     claims: dict[str, Any]
-    #: What identifies it for the replay record (its token and fields, hashed).
+    #: What identifies it for the replay record (its token, hashed).
     fingerprint: str
     #: Seconds to remember it: its token's remaining lifetime.
     ttl: float
@@ -77,42 +91,6 @@ class Checked:
 #: ``None`` if that cannot be done in one step now (then *seen_before*, *enqueue* and
 #: *forget* are used), or the exception that stopped it (nothing recorded or queued).
 Keep = Callable[[Sequence[Checked]], Sequence[bool | Exception | None]]
-
-
-@dataclass(frozen=True)
-class WebhookResponse:
-    """What to answer: a status, a JSON body and headers (``Content-Type`` included)."""
-
-    status: int
-    body: bytes
-    headers: Mapping[str, str] = field(default_factory=dict)
-
-    @cached_property
-    def raw_headers(self) -> tuple[tuple[bytes, bytes], ...]:
-        """The headers as ASGI sends them: lower-case names, latin-1 bytes (a tuple:
-        responses may be shared; an adapter sends a list of its own)."""
-        return tuple(
-            (name.lower().encode("latin-1"), value.encode("latin-1"))
-            for name, value in self.headers.items()
-        )
-
-    @classmethod
-    def json(
-        cls, status: int, document: Mapping[str, Any], headers: Mapping[str, str] | None = None
-    ) -> WebhookResponse:
-        body = json.dumps(document, separators=(",", ":")).encode()
-        # Read-only: some responses are made once and shared by every request.
-        return cls(
-            status,
-            body,
-            MappingProxyType(
-                {
-                    "Content-Type": "application/json",
-                    "Content-Length": str(len(body)),
-                    **(headers or {}),
-                }
-            ),
-        )
 
 
 class WebhookReceiver:
@@ -195,16 +173,24 @@ class WebhookReceiver:
         """Answer one request. *body* may be ``None`` when it was not read (not a POST)."""
         return self.handle_many([WebhookRequest(method, content_type, body, content_length)])[0]
 
-    def handle_many(self, requests: Sequence[WebhookRequest]) -> list[WebhookResponse]:
+    def handle_many(
+        self, requests: Sequence[WebhookRequest], *, wait_for_keys: bool = True
+    ) -> list[WebhookResponse]:
         """Answer several requests, each as :meth:`handle` would: the notifications that
         pass the checks are recorded and queued together (one :attr:`keep` call, one
-        Redis round trip for all of them where it can be done in one step)."""
-        answers = [self._check(*request) for request in requests]
+        Redis round trip for all of them where it can be done in one step).
+
+        Without *wait_for_keys*, a request whose signing key is being fetched is
+        answered :data:`KEY_PENDING` at once (nothing done): handle it again, alone,
+        where waiting for the key holds up no other request.
+        """
+        answers = [self._check(*request, wait=wait_for_keys) for request in requests]
         checked = [answer for answer in answers if isinstance(answer, Checked)]
         queued = iter(self._queue(checked) if checked else ())
         responses = [next(queued) if isinstance(a, Checked) else a for a in answers]
         for response in responses:
-            metrics().webhook_response(response.status)
+            if response is not KEY_PENDING:
+                metrics().webhook_response(response.status)
         return responses
 
     def _check(
@@ -213,23 +199,31 @@ class WebhookReceiver:
         content_type: str | None,
         body: bytes | None,
         content_length: int | None,
+        *,
+        wait: bool = True,
     ) -> WebhookResponse | Checked:
         if method.upper() != "POST":
-            return _error(405, "only POST is allowed", headers={"Allow": "POST"})
+            return error(405, "only POST is allowed", headers={"Allow": "POST"})
         if (content_length is not None and content_length > self.max_body) or (
             body is not None and len(body) > self.max_body
         ):
-            return _error(413, f"the body is larger than {self.max_body} bytes")
-        if not _is_json(content_type):
-            return _error(415, "the body must be application/json")
+            return error(413, f"the body is larger than {self.max_body} bytes")
+        if body is not None and content_length is not None and len(body) < content_length:
+            # The client went away mid-body: what came is not what was sent.
+            return error(400, f"the body ended after {len(body)} of {content_length} bytes")
+        if not is_json(content_type):
+            return error(415, "the body must be application/json")
         try:
             notification = parse_notification(body or b"", pattern=self.pattern)
         except BadNotification as exc:
-            return _error(exc.status, exc.message, field=exc.field)
+            return error(exc.status, exc.message, field=exc.field)
+        return self._verify(notification, wait)
+
+    def _verify(self, notification: Notification, wait: bool) -> WebhookResponse | Checked:
         try:
             if not notification.token:
                 raise TokenRejected("the notification carries no token")
-            claims = self.verifier.verify(notification.token, notification.context_id)
+            claims = self.verifier.verify(notification.token, notification.context_id, wait=wait)
         except TokenRejected as exc:
             logger.warning(
                 "tenant-gate: refused a %s notification for %s: %s",
@@ -237,20 +231,22 @@ class WebhookReceiver:
                 notification.context_id,
                 exc.reason,
             )
-            return _error(
+            return error(
                 401, "invalid token", headers={"WWW-Authenticate": 'Bearer error="invalid_token"'}
             )
-        # The token and the fields together: a token SuperOffice reuses for several
-        # notifications must not make the later ones look like replays. Without its
-        # padding: the verifier accepts a token with or without it.
-        fingerprint = token_fingerprint(
-            notification.token.replace("=", ""),
-            str(int(notification.change_type)),
-            notification.context_id,
-            notification.public_endpoint,
-            notification.version_name,
-            notification.file_version,
-        )
+        except KeyPending:
+            return KEY_PENDING
+        except KeysUnavailable as exc:
+            logger.error(
+                "tenant-gate: cannot check a notification for %s: %s", notification.context_id, exc
+            )
+            return error(
+                503,
+                "SuperOffice's signing keys could not be fetched; retry later",
+                headers={"Retry-After": "5"},
+            )
+        # The token alone: one token is acted on once, whatever body it comes with.
+        fingerprint = token_fingerprint(notification.token)
         return Checked(notification, claims, fingerprint, self.verifier.ttl(claims))
 
     def _queue(self, checked: list[Checked]) -> list[WebhookResponse]:
@@ -270,7 +266,7 @@ class WebhookReceiver:
                     one.notification.context_id,
                     exc_info=outcome,
                 )
-                responses.append(_unavailable())
+                responses.append(unavailable())
             else:
                 responses.append(_answer_kept(one.notification, outcome))
         return responses
@@ -285,13 +281,13 @@ class WebhookReceiver:
                 return _answer_kept(notification, False)
         except Exception:
             logger.exception("tenant-gate: could not check notification for %s for replay", ctx)
-            return _unavailable()
+            return unavailable()
         try:
             self.enqueue(notification, checked.claims)
         except Exception:
             logger.exception("tenant-gate: could not queue notification for %s", ctx)
             self._forget(fingerprint, ctx)
-            return _unavailable()
+            return unavailable()
         return _answer_kept(notification, True)
 
     def _forget(self, fingerprint: str, ctx: str) -> None:
@@ -307,48 +303,14 @@ class WebhookReceiver:
             )
 
 
-#: The two answers to a kept notification (made once: they never change).
-_ACCEPTED = WebhookResponse.json(202, {"status": "accepted"})
-_DUPLICATE = WebhookResponse.json(202, {"status": "duplicate"})
-
-
 def _answer_kept(notification: Notification, queued: bool) -> WebhookResponse:
     ctx = notification.context_id
     if not queued:
-        logger.info("tenant-gate: duplicate notification for %s; ignored", ctx)
-        return _DUPLICATE
+        logger.warning(
+            "tenant-gate: refused a %s notification for %s: its token was used before",
+            notification.change_type.name,
+            ctx,
+        )
+        return REPLAY
     logger.info("tenant-gate: queued a %s notification for %s", notification.change_type.name, ctx)
-    return _ACCEPTED
-
-
-def _is_json(content_type: str | None) -> bool:
-    if not content_type:
-        return False
-    media_type, _, parameters = content_type.partition(";")
-    if media_type.strip().lower() != "application/json":
-        return False
-    for parameter in filter(None, (p.strip() for p in parameters.split(";"))):
-        name, _, value = parameter.partition("=")
-        # JSON is UTF-8 (RFC 8259): a charset parameter may only say so.
-        if name.strip().lower() != "charset" or value.strip().strip('"').lower() != "utf-8":
-            return False
-    return True
-
-
-def _error(
-    status: int,
-    message: str,
-    *,
-    field: str | None = None,
-    headers: Mapping[str, str] | None = None,
-) -> WebhookResponse:
-    document: dict[str, Any] = {"error": message}
-    if field is not None:
-        document["field"] = field
-    return WebhookResponse.json(status, document, headers)
-
-
-def _unavailable() -> WebhookResponse:
-    return _error(
-        503, "the notification could not be queued; retry later", headers={"Retry-After": "5"}
-    )
+    return ACCEPTED

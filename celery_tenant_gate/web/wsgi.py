@@ -6,7 +6,9 @@
 
     application = make_wsgi_app(app)
 
-It answers every path it is mounted at; at most ``max_body + 1`` bytes are read.
+It answers every path it is mounted at; at most ``max_body + 1`` bytes are read. A
+chunked body is read when the server decodes it and says so (``wsgi.input_terminated``:
+gunicorn, werkzeug, uWSGI with ``--http-chunked-input``...).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from collections.abc import Callable, Iterable
 from http import HTTPStatus
 from typing import Any
 
-from . import as_receiver, parse_content_length, read_limited
+from . import as_receiver, parse_content_length, read_wsgi_body
 from .receiver import WebhookReceiver, WebhookResponse
 
 StartResponse = Callable[..., Any]
@@ -43,11 +45,5 @@ def _respond(receiver: WebhookReceiver, environ: dict[str, Any]) -> WebhookRespo
         return WebhookResponse.json(400, {"error": "bad Content-Length header"})
     body = None
     if method.upper() == "POST" and (length is None or length <= receiver.max_body):
-        if length is not None:
-            body = read_limited(environ["wsgi.input"].read, length)
-        elif environ.get("wsgi.input_terminated"):
-            # A chunked body the server ends for us: still read no more than needed.
-            body = read_limited(environ["wsgi.input"].read, receiver.max_body + 1)
-        else:
-            body = b""  # PEP 3333: no Content-Length, no body to read
+        body = read_wsgi_body(environ, length, receiver.max_body)
     return receiver.handle(method, environ.get("CONTENT_TYPE"), body, length)

@@ -78,6 +78,7 @@ def gate_settings(superoffice: FakeSuperOffice) -> dict[str, str]:
         "tenant_gate_state_api_url": superoffice.state_api_url,
         "tenant_gate_webhook_jwks_url": superoffice.jwks_url,
         "tenant_gate_webhook_issuer": superoffice.issuer,
+        "tenant_gate_webhook_jwks_allow_http": "true",  # the local stand-in is http
         "tenant_gate_sweep_interval": "0.25",
         "tenant_gate_min_ttl": "0.5",
         "tenant_gate_webhook_min_pause": "1",
