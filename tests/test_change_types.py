@@ -73,6 +73,10 @@ def test_the_six_change_types_do_what_superoffice_means(
     for n in range(1, 7):
         gate.state(f"Cust{n}")  # known, as Running
     superoffice.set_state("Cust5", "Deleted", valid_for=60)
+    # Cust6 moved: the State API says so (the notification's PublicEndpoint only hints).
+    superoffice.set_state(
+        "Cust6", "Running", valid_for=60, endpoint="https://online9.superoffice.com"
+    )
     gate.pause("Cust4", reason="an earlier Suspend", by="webhook")
 
     def token(ctx: str) -> str:
@@ -95,7 +99,7 @@ def test_the_six_change_types_do_what_superoffice_means(
     assert outcomes[2] == "paused"  # Suspend
     assert outcomes[3].startswith("resumed")  # Resume
     assert outcomes[4].startswith("deleted")  # Delete
-    assert outcomes[5] == "moved to online9.superoffice.com"  # Move
+    assert outcomes[5] == "moved to online9.superoffice.com (the State API agrees)"  # Move
 
     def record(ctx: str) -> Any:
         return gate.state(ctx, look_up=False).record
