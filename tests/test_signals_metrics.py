@@ -174,6 +174,10 @@ def test_a_run_is_told_by_signals_metrics_and_events(
     harness.wait_ids(set(held))
     # One at a time: a notification issued before one applied is ignored, and the
     # pool runs two control tasks at once.
+    # Cust2 moved: the State API says so (a Move's PublicEndpoint is only compared).
+    superoffice.set_state(
+        "Cust2", "Running", valid_for=60, endpoint="https://online9.superoffice.com"
+    )
     for change, ctx, signal, extra in (
         (ChangeType.Move, "Cust2", "tenant_moved", {"public_endpoint": "online9.superoffice.com"}),
         (ChangeType.BackupRestored, "Cust2", "tenant_backup_restored", {}),

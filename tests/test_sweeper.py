@@ -21,7 +21,8 @@ class Stub:
     """What a Sweeper uses of a gate: its store, its lease, and a sweep to watch."""
 
     def __init__(self, store: StateStore, lease: float, hold: threading.Event | None = None):
-        self.states = SimpleNamespace(store=store)
+        self.states = SimpleNamespace(store=store, health=SimpleNamespace(down=False))
+        self.store_guard = SimpleNamespace(tick=lambda: None)
         self.config = SimpleNamespace(lock_lease=lease)
         self.swept = threading.Event()
         self._hold = hold
