@@ -77,6 +77,27 @@ def test_upgrade_pauses_on_two_workers_and_resumes_without_a_resume_notification
     assert not _paused(gate, "Cust1")
 
 
+def test_an_upgrade_while_the_state_api_says_running_holds_for_the_minimum_pause(
+    env: dict[str, str], harness: Harness, superoffice: FakeSuperOffice
+) -> None:
+    # SuperOffice announces an Upgrade before it starts: the State API may still say
+    # Running. The tenant is held for tenant_gate_webhook_min_pause all the same, then
+    # resumes by itself (no Resume notification).
+    superoffice.set_state("Cust1", "Running", valid_for=60)
+    app = gateapp.make_app({**env, "GATE_MIN_PAUSE": "2"})
+    gate = gate_for(app)
+    harness.worker("solo", GATE_MIN_PAUSE="2")
+    notify(app, ChangeType.Upgrade, "Cust1", version_name="Release 10.3.8")
+    wait_until(lambda: _paused(gate, "Cust1"), what="paused by the notification")
+    record = gate.states.store.get("Cust1")
+    assert record is not None and record.resume_not_before > record.paused_at
+    assert record.resume_not_before - record.paused_at == pytest.approx(2.0, abs=0.5)
+    app.tasks["gateapp.work"].delay("Cust1", 1)
+    (ran,) = harness.wait_ran(1)
+    assert ran["at"] >= record.resume_not_before  # not a moment before the minimum pause
+    assert not _paused(gate, "Cust1")
+
+
 @contextmanager
 def served_webhook(env: dict[str, str], superoffice: FakeSuperOffice) -> Iterator[str]:
     """The app's webhook, served over real HTTP on loopback by plain WSGI."""
