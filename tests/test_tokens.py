@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding
+from workers import wait_until
 
 from celery_tenant_gate.io.superoffice.jwks import KeyPending, KeysUnavailable, SigningKeys
 from celery_tenant_gate.io.superoffice.tokens import (
@@ -407,3 +408,13 @@ def test_ttl_is_the_remaining_lifetime_plus_leeway(
     assert 355 <= verifier.ttl(claims) <= 360
     assert verifier.ttl({"exp": 0}) == 1.0
     assert verifier.ttl({"exp": 10**10}) == 86_400.0
+
+
+def test_a_closed_key_source_stops_fetching(superoffice: FakeSuperOffice) -> None:
+    keys = SigningKeys(superoffice.jwks_url, refresh_every=0.01, allow_http=True)
+    keys.start()
+    wait_until(lambda: superoffice.jwks_fetches >= 2, what="refreshed in the background")
+    keys.close()
+    assert keys._thread is not None
+    keys._thread.join(5)
+    assert not keys._thread.is_alive()

@@ -163,6 +163,10 @@ class WebhookReceiver:
         self._forget_step = forget
         self.keep = None
 
+    def close(self) -> None:
+        """Stop the background work of the token verifier (the JWKS fetching thread)."""
+        self.verifier.close()
+
     def handle(
         self,
         method: str,

@@ -133,6 +133,7 @@ class SigningKeys:
         self._asked_after = 0
         self._done = threading.Condition()
         self._wake = threading.Event()
+        self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
@@ -142,6 +143,11 @@ class SigningKeys:
                 return
             self._thread = threading.Thread(target=self._run, name="tenant-gate-jwks", daemon=True)
             self._thread.start()
+
+    def close(self) -> None:
+        """Stop the fetching thread (the keys it has are kept)."""
+        self._stop.set()
+        self._wake.set()
 
     def get(self, kid: str | None, *, wait: bool = True) -> jwt.PyJWK:
         """The key for *kid* (``None``: the only key, if there is one).
@@ -195,7 +201,7 @@ class SigningKeys:
 
     def _run(self) -> None:
         failures = 0
-        while True:
+        while not self._stop.is_set():
             self._wake.clear()
             with self._done:
                 self._fetching = True

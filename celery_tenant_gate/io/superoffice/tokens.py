@@ -100,6 +100,12 @@ class TokenVerifier:
         self.tenant_claim_required = tenant_claim_required
         self._headers: dict[str, dict[str, Any]] = {}
 
+    def close(self) -> None:
+        """Stop fetching keys in the background (a JWKS key source's thread)."""
+        close = getattr(self.keys, "close", None)
+        if close is not None:
+            close()
+
     def verify(self, token: str, context_id: str, *, wait: bool = True) -> dict[str, Any]:
         """The token's claims if it is valid for tenant *context_id*.
 
