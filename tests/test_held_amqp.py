@@ -478,7 +478,6 @@ def test_missing_or_empty_queues_release_and_drain_nothing(
 _RELEASE_IN_A_CHILD = """
 import sys
 from kombu.connection import Connection
-from workers import wait_until
 from celery_tenant_gate.io.broker.amqp_held import AmqpHeldQueues
 url, queue = sys.argv[1], sys.argv[2]
 AmqpHeldQueues(lambda: Connection(url)).release(queue, marker="doomed", batch=100)

@@ -119,9 +119,10 @@ def _follow_state(
             return _COUNT_HELD
         return _RELEASE if held else _NOTHING
     if verdict is Verdict.DROP:
+        state = why(replace(record, paused=False))  # the state that drops it, not a pause
         if record.paused or record.delete_after:
-            return SweepAction(Act.MARK_DELETED, why(record))
-        return SweepAction(Act.PURGE, f"tenant dropped: {why(record)}")
+            return SweepAction(Act.MARK_DELETED, state)
+        return SweepAction(Act.PURGE, f"tenant dropped: {state}")
     return _NOTHING
 
 
