@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
+from celery_tenant_gate._compat import redis_pool_settings
 from celery_tenant_gate.io.store.cache import ChangeListener, LocalCache
 from celery_tenant_gate.io.store.health import StoreHealth
 from celery_tenant_gate.io.store.state_store import StateStore
@@ -45,7 +46,9 @@ class StoreWatch:
         self._outage_grace = outage_grace
         self._clock = clock
         #: Whether the store answers; while it does not, nothing waits on it.
-        self.health = StoreHealth(store.client.ping, on_recovered=self._recovered, clock=clock)
+        self.health = StoreHealth(
+            store.client.ping, on_recovered=self._recovered, clock=clock, name=_address(store)
+        )
         self.listener: ChangeListener | None = None
         self._lock = threading.Lock()
 
@@ -103,3 +106,10 @@ class StoreWatch:
         # once the listener is subscribed again).
         listener = self.listener
         self._cache_of().reset(enabled=listener is not None and listener.subscribed.is_set())
+
+
+def _address(store: StateStore) -> str:
+    """host:port/db of the store's Redis, for the log (no credentials)."""
+    kwargs = redis_pool_settings(store.client.connection_pool).kwargs
+    where = kwargs.get("path") or f"{kwargs.get('host', '?')}:{kwargs.get('port', '?')}"
+    return f"{where}/{kwargs.get('db', 0)}"

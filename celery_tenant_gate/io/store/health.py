@@ -23,7 +23,8 @@ class StoreHealth:
 
     *ping* raises while the store cannot be reached; *on_recovered* is called (in the
     pinging thread, or in the caller of :meth:`recovered`) each time the store is back.
-    *first_delay* and *max_delay* bound the wait between pings (doubling).
+    *first_delay* and *max_delay* bound the wait between pings (doubling). *name*
+    says which store in the log lines (its address).
     """
 
     def __init__(
@@ -34,7 +35,9 @@ class StoreHealth:
         clock: Callable[[], float] = time.time,
         first_delay: float = 0.1,
         max_delay: float = 1.0,
+        name: str = "",
     ) -> None:
+        self.name = name
         self._ping = ping
         self._on_recovered = on_recovered
         self._clock = clock
@@ -65,8 +68,9 @@ class StoreHealth:
                 )
                 self._prober.start()
         logger.warning(
-            "tenant-gate: the store cannot be reached (%s); deciding from what this "
+            "tenant-gate: the store %scannot be reached (%s); deciding from what this "
             "process knows until it answers again",
+            f"{self.name} " if self.name else "",
             why,
         )
 
@@ -77,7 +81,11 @@ class StoreHealth:
                 return
             self.down = False
             lasted = self._clock() - self.down_since
-        logger.warning("tenant-gate: the store answers again (after %.1fs)", lasted)
+        logger.warning(
+            "tenant-gate: the store %sanswers again (after %.1fs)",
+            f"{self.name} " if self.name else "",
+            lasted,
+        )
         if self._on_recovered is not None:
             try:
                 self._on_recovered()
