@@ -21,10 +21,8 @@ control task goes through kombu.
 from __future__ import annotations
 
 import base64
-import json
 import math
 import os
-import re
 import threading
 import uuid
 from collections.abc import Mapping, Sequence
@@ -50,6 +48,8 @@ from celery_tenant_gate._compat import (
 )
 from celery_tenant_gate.config.settings import CONTROL_TASK
 from celery_tenant_gate.io.lua import lua_script
+
+from .redis_frame import MessageFrame
 
 #: Sets the replay record and queues the message, both or neither (see its header).
 _KEEP = lua_script(__package__, "keep")
@@ -97,7 +97,7 @@ class RedisControlQueue:
         self._sent_event = bool(conf.task_send_sent_event)
         self._delivery_mode = maybe_delivery_mode(conf.task_default_delivery_mode)  # type: ignore[no-untyped-call]
         self._sha = client.register_script(_KEEP).sha
-        self._frame: _Frame | None = None
+        self._frame: MessageFrame | None = None
         #: A connection of our own, made like the pool's, for :meth:`keep`'s round
         #: trips: redis-py's command path (a connection checked out of the pool, its
         #: retry wrapper, its metrics) cost more than the command itself. It is used
@@ -128,7 +128,7 @@ class RedisControlQueue:
         kwargsrepr = task_kwargsrepr(self.app.amqp, kwargs)
         frame = self._frame
         if frame is None or frame.pid != os.getpid():
-            frame = self._frame = _Frame.of(self)
+            frame = self._frame = MessageFrame.of(self.envelope)
         args, _, *embed = frame.empty_body
         body = self._encode((args, dict(kwargs), *embed))[0]
         if frame.pieces is None:
@@ -229,54 +229,6 @@ class RedisControlQueue:
                 settings = redis_pool_settings(self.client.connection_pool)
                 self._connection = settings.connection_type(**settings.kwargs)
             return redis_round_trip(self._connection, commands)
-
-
-class _Frame:
-    """The stored message of a control task with placeholders for what changes from
-    one to the next (task id, ``kwargsrepr``, delivery tag, body), made once per
-    process by Celery's and kombu's own code (:meth:`RedisControlQueue.envelope`)
-    and filled in by joining strings: the message is the same, character for
-    character, for a fraction of the cost. Per process: Celery's ``origin`` header
-    names the process."""
-
-    def __init__(self, pid: int, pieces: list[str] | None, empty_body: tuple[Any, ...]) -> None:
-        self.pid = pid
-        #: Literal text, then a placeholder's name, then literal text, and so on;
-        #: ``None`` if a placeholder showed up other than as a whole JSON string
-        #: (then each message is built in full).
-        self.pieces = pieces
-        #: The body Celery makes for no keyword arguments: ``(args, kwargs, embed)``.
-        self.empty_body = empty_body
-
-    @classmethod
-    def of(cls, queue: RedisControlQueue) -> _Frame:
-        marks = {name: f"tenant-gate-{name}-{uuid.uuid4().hex}" for name in _PLACES}
-        document, empty_body = queue.envelope(
-            marks["id"], marks["kwargsrepr"], marks["tag"], marks["body"]
-        )
-        text = str(json_dumps(document))  # type: ignore[no-untyped-call]
-        quoted = {json.dumps(mark): name for name, mark in marks.items()}
-        split = re.split("(" + "|".join(map(re.escape, quoted)) + ")", text)
-        literal = split[::2]
-        if any(mark in piece for piece in literal for mark in marks.values()):
-            return cls(os.getpid(), None, empty_body)
-        pieces = [quoted[piece] if n % 2 else piece for n, piece in enumerate(split)]
-        return cls(os.getpid(), pieces, empty_body)
-
-    def fill(self, task_id: str, kwargsrepr: str, tag: str, body: str) -> str:
-        """The message with these values in its places."""
-        assert self.pieces is not None
-        values = {
-            "id": f'"{task_id}"',
-            "kwargsrepr": json.dumps(kwargsrepr),
-            "tag": f'"{tag}"',
-            "body": f'"{body}"',
-        }
-        return "".join(values[piece] if n % 2 else piece for n, piece in enumerate(self.pieces))
-
-
-#: What changes from one control task's message to the next.
-_PLACES = ("id", "kwargsrepr", "tag", "body")
 
 
 def redis_control_queue(app: Any, queue: str, store: redis.Redis) -> RedisControlQueue | None:
