@@ -132,3 +132,26 @@ def test_a_second_resume_after_a_killed_one_appends_behind_what_it_released(
     controls.config = replace(controls.config, lock_timeout=1.0)
     assert gate.resume("Cust1") == 5
     assert tenant.taken() == [f"old{n}" for n in range(6)]
+
+
+def test_a_sweep_that_comes_after_the_resume_it_planned_does_nothing(gate: Any) -> None:
+    # The sweep planned a resume of Cust1 (paused by the gate, its state runs), then
+    # waited for the move lock while another process resumed it: nothing is left to do,
+    # and the tenant is not told resumed twice. Nor is a pause by hand made meanwhile
+    # undone by that stale plan.
+    gate.pause("Cust1", "held by the gate", by="gate")
+    resumed: list[str] = []
+
+    def told(sender: str, **kwargs: Any) -> None:
+        resumed.append(sender)
+
+    signals.tenant_resumed.connect(told)
+    try:
+        gate.resume("Cust1")
+        assert gate.release.__self__.finish_resume("Cust1") is None
+        assert resumed == ["Cust1"]
+        gate.pause("Cust1", "by hand", by="manual")
+        assert gate.release.__self__.finish_resume("Cust1") is None
+        assert _record(gate).paused and _record(gate).paused_by == "manual"
+    finally:
+        signals.tenant_resumed.disconnect(told)

@@ -109,6 +109,10 @@ class TenantControls:
         try:
             with self._moving(ctx, self.config.lock_lease):
                 was = self.states.store.get(ctx)
+                if was is None or not (was.resuming or was.resumes_by_itself):
+                    # Resumed meanwhile (by the holder of the lock), or paused by hand
+                    # since the sweep looked: nothing of this sweep's to do.
+                    return None
                 stamp = self._stamp()
                 self._begin_resume(ctx, stamp)
                 return self._resume(ctx, stamp, fresh=not (was and was.resuming))
