@@ -36,5 +36,7 @@ def back_off(
         states.store.set_fields(context_id, {"resume_not_before": repr(until)})
     if states.set_paused(context_id, True, reason=reason, by="gate"):
         logger.info("tenant-gate: paused %s for %.1f s (%s)", context_id, seconds, reason)
-        signals.tenant_paused.send(sender=context_id, context_id=context_id, reason=reason, by="gate")
+        signals.tenant_paused.send(
+            sender=context_id, context_id=context_id, reason=reason, by="gate"
+        )
     return until
