@@ -220,3 +220,60 @@ def test_nothing_secret_is_logged_or_put_in_an_error(
     # show the URL's path and query: keep tokens out of URLs).
     session.get("v1/Contact/9")
     assert f"Bearer {SECRET}" not in caplog.text
+
+
+def test_outside_tasks_tenant_session_checks_and_calls_the_same_way(
+    redis_url: str, key_prefix: str, superoffice: FakeSuperOffice, host: FakeTenantApi
+) -> None:
+    import gateapp
+    from workers import worker_env
+
+    from celery_tenant_gate import TenantUnavailable as Public
+    from celery_tenant_gate import tenant_session
+    from celery_tenant_gate.model.errors import InvalidTenantId
+
+    superoffice.set_state("Cust1", "Running", endpoint=host.base_url)
+    app = gateapp.make_app(worker_env(redis_url, redis_url, key_prefix, superoffice))
+    with tenant_session(app, "Cust1") as session:  # a cold cache: it asks and waits
+        assert session.get("v1/Contact/5").json()["path"] == "v1/Contact/5"
+        gateapp_states = session._states
+        gateapp_states.set_paused("Cust1", True, reason="by the test")
+        with pytest.raises(Public, match="Cust1 is not available: by the test"):
+            session.get("v1/Contact/6")
+    with pytest.raises(InvalidTenantId):
+        tenant_session(app, "not a tenant!")
+    assert host.requests("Cust1") == 1
+
+
+def test_an_eager_call_gets_the_exception_there_is_nothing_to_hold(
+    redis_url: str, key_prefix: str, superoffice: FakeSuperOffice, host: FakeTenantApi
+) -> None:
+    import gateapp
+    from workers import worker_env
+
+    from celery_tenant_gate import tenant_states
+
+    superoffice.set_state("Cust1", "Running", endpoint=host.base_url)
+    app = gateapp.make_app(worker_env(redis_url, redis_url, key_prefix, superoffice))
+    calls = app.tasks["gateapp.calls"]
+    assert calls.apply(("Cust1", 3)).get() == 3
+    tenant_states(app).set_paused("Cust1", True, reason="by the test")
+    result = calls.apply(("Cust1", 3))
+    assert isinstance(result.result, TenantUnavailable)
+    assert host.requests("Cust1") == 3
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        TenantUnavailable("Cust1", "state OfflineMaintenance"),
+        TenantDeleted("Cust1", "state Deleted"),
+        TenantRateLimited("Cust1", "HTTP 429", 5.0),
+        TenantMisdirected("Cust1", "online3", "online7", "421 twice"),
+    ],
+)
+def test_the_errors_survive_a_result_backend(error: Exception) -> None:
+    import pickle
+
+    copy = pickle.loads(pickle.dumps(error))
+    assert (type(copy), str(copy), vars(copy)) == (type(error), str(error), vars(error))

@@ -6,6 +6,8 @@ alone says what to fix.
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class TenantGateError(Exception):
     """Base class of every error raised by celery-tenant-gate."""
@@ -103,6 +105,10 @@ class TenantUnavailable(TenantGateError):
         self.context_id = context_id
         self.reason = reason
 
+    def __reduce__(self) -> tuple[type[TenantUnavailable], tuple[str, str]]:
+        # Pickled whole (a result backend, an eager call): not from its message alone.
+        return type(self), (self.context_id, self.reason)
+
 
 class TenantDeleted(TenantUnavailable):
     """The tenant is deleted (or its state says drop): raised out of a tenant task's
@@ -117,6 +123,9 @@ class TenantRateLimited(TenantUnavailable):
         super().__init__(context_id, reason)
         self.retry_after = retry_after
 
+    def __reduce__(self) -> Any:
+        return type(self), (self.context_id, self.reason, self.retry_after)
+
 
 class TenantMisdirected(TenantGateError):
     """The tenant's API answered 421 Misdirected Request again after its state was
@@ -127,3 +136,7 @@ class TenantMisdirected(TenantGateError):
         self.context_id = context_id
         self.url_host = url_host
         self.api_host = api_host
+        self.message = message
+
+    def __reduce__(self) -> Any:
+        return type(self), (self.context_id, self.url_host, self.api_host, self.message)
