@@ -18,6 +18,7 @@ from bench import (
     pause_latency,
     redis_release_latency,
     release,
+    session,
     webhook,
 )
 from bench.results import Result
@@ -30,6 +31,7 @@ BENCHMARKS: dict[str, Callable[..., list[Result]]] = {
     "webhook": webhook.run,
     "pause_latency": pause_latency.run,
     "redis_release_latency": redis_release_latency.run,
+    "session": session.run,
     "faults": faults.run,
 }
 #: What runs when no name is given.

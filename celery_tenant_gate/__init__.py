@@ -36,6 +36,8 @@ _EXPORTS: dict[str, tuple[str, str | None]] = {
     "tenant_states": ("app.singletons", "tenant_states"),
     "TENANT_HEADER": ("model.carrier", "TENANT_HEADER"),
     "TenantGateError": ("model.errors", "TenantGateError"),
+    "TenantUnavailable": ("model.errors", "TenantUnavailable"),
+    "tenant_session": ("app.session", "tenant_session"),
     "signals": ("gate.signals", None),
     "make_wsgi_app": ("web.wsgi", "make_wsgi_app"),
     "make_asgi_app": ("web.asgi", "make_asgi_app"),
@@ -49,12 +51,14 @@ __all__ = [
     "TenantGateError",
     "TenantInfo",
     "TenantTask",
+    "TenantUnavailable",
     "__version__",
     "gate_for",
     "install",
     "make_asgi_app",
     "make_wsgi_app",
     "signals",
+    "tenant_session",
     "tenant_states",
     "tenant_task",
     "webhook_blueprint",
@@ -63,11 +67,12 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
+    from celery_tenant_gate.app.session import tenant_session
     from celery_tenant_gate.app.singletons import gate_for, tenant_states
     from celery_tenant_gate.app.task import TenantInfo, TenantTask, tenant_task
     from celery_tenant_gate.gate import signals
     from celery_tenant_gate.model.carrier import TENANT_HEADER
-    from celery_tenant_gate.model.errors import TenantGateError
+    from celery_tenant_gate.model.errors import TenantGateError, TenantUnavailable
     from celery_tenant_gate.web.asgi import make_asgi_app
     from celery_tenant_gate.web.django import webhook_view
     from celery_tenant_gate.web.flask import webhook_blueprint

@@ -126,6 +126,22 @@ def make_app(env: Mapping[str, str]) -> Celery:
             raise self.retry()
         return n
 
+    @tenant_task(app, shared=False, bind=True, name="gateapp.calls")
+    def calls(self: Any, context_id: str, n: int) -> int:
+        """*n* calls to the tenant's API with its session (from the first, each run)."""
+        session = self.tenant.session
+        for i in range(n):
+            session.get(f"v1/Contact/{i + 1}").raise_for_status()
+        ran(
+            kind="calls",
+            id=self.request.id,
+            ctx=context_id,
+            n=n,
+            retries=self.request.retries,
+            held=_header(self.request, "tenant_gate_held"),
+        )
+        return n
+
     @app.task(name="gateapp.plain", shared=False)
     def plain(n: int) -> int:
         ran(kind="plain", n=n)

@@ -21,6 +21,10 @@ PUBLIC = {
     "tenant_states",
     "TENANT_HEADER",
     "TenantGateError",
+    # The tenant session (issue 15): for code outside tasks, and what it raises when
+    # the tenant does not run (TenantDeleted, TenantRateLimited derive from it).
+    "tenant_session",
+    "TenantUnavailable",
     "signals",
     "make_wsgi_app",
     "make_asgi_app",
@@ -32,7 +36,7 @@ PUBLIC = {
 
 def test_the_public_api_fits_one_screen() -> None:
     assert set(celery_tenant_gate.__all__) == PUBLIC
-    assert len(celery_tenant_gate.__all__) <= 15
+    assert len(celery_tenant_gate.__all__) <= 17
 
 
 @pytest.mark.parametrize("name", sorted(PUBLIC))
@@ -49,6 +53,7 @@ def test_the_public_names_are_the_real_objects() -> None:
     assert celery_tenant_gate.signals is signals
     assert celery_tenant_gate.TenantGateError is TenantGateError
     assert issubclass(ConfigError, celery_tenant_gate.TenantGateError)
+    assert issubclass(celery_tenant_gate.TenantUnavailable, celery_tenant_gate.TenantGateError)
     assert celery_tenant_gate.TENANT_HEADER == "tenant_gate_ctx"
 
 

@@ -4,7 +4,7 @@
 
     @tenant_task(app, tenant_arg="context_id", bind=True, max_retries=3)
     def sync_contacts(self, context_id, since=None):
-        requests.get(self.tenant.api + "/v1/Contact", ...)
+        self.tenant.session.get("v1/Contact", ...)
 
     sync_contacts.delay("Cust12345")                 # the tenant travels in a header
     sync_contacts.apply_async(kwargs={...}, tenant="Cust12345", countdown=60)
@@ -17,7 +17,7 @@ or, equivalently, ``@app.task(base=TenantTask, tenant_arg="context_id")``.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from celery import Task, current_app
@@ -28,13 +28,17 @@ from celery_tenant_gate.model.carrier import (
     HEADER,
     choose_tenant,
     positional_index,
+    request_was_held,
     tenant_from_call,
     tenant_from_headers,
     tenant_from_request,
 )
+from celery_tenant_gate.model.errors import TenantGateError, TenantUnavailable
 from celery_tenant_gate.model.ids import compile_pattern, validate_tenant_id
 from celery_tenant_gate.model.verdicts import Verdict
 
+from .midtask import settle
+from .session import TenantSession, shared_adapter
 from .singletons import gate_config, gate_for, tenant_states
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -51,6 +55,20 @@ class TenantInfo:
     api: str
     #: The state's API name, e.g. ``"Running"``.
     state: str
+    _session: Callable[[], TenantSession] | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def session(self) -> TenantSession:
+        """The tenant's HTTP session for this run of the task (one per run; its
+        connections are pooled for the process): paths go to the tenant's current
+        ``Api``, each request is preceded by the state check, and a tenant that stops
+        running holds the task (see :mod:`celery_tenant_gate.app.session`)."""
+        if self._session is None:
+            raise TenantGateError(
+                f"this TenantInfo of {self.context_id} was not made by a running task: "
+                "use celery_tenant_gate.tenant_session(app, context_id)"
+            )
+        return self._session()
 
 
 class TenantTask(Task):  # type: ignore[misc]
@@ -125,6 +143,15 @@ class TenantTask(Task):  # type: ignore[misc]
         if verdict is not Verdict.RUN:
             raise Ignore(f"tenant-gate: {verdict.value}")
 
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        """The body; a :class:`~celery_tenant_gate.TenantUnavailable` raised out of it
+        (the tenant stopped running meanwhile) holds the task, no retry counted, or
+        drops it (deleted)."""
+        try:
+            return super().__call__(*args, **kwargs)
+        except TenantUnavailable as exc:
+            settle(self, exc)
+
     @property
     def tenant(self) -> TenantInfo:
         """The running task's tenant, with its current endpoint and API URL."""
@@ -141,7 +168,23 @@ class TenantTask(Task):  # type: ignore[misc]
             endpoint=state.endpoint if state else "",
             api=state.api if state else "",
             state=state.state.api_name if state else "",
+            _session=lambda: self._session_for(ctx),
         )
+
+    def _session_for(self, ctx: str) -> TenantSession:
+        """The run's session (kept on its request: one per run)."""
+        request = self.request
+        session: TenantSession | None = getattr(request, "_tenant_gate_session", None)
+        if session is None or session.context_id != ctx:
+            session = TenantSession(
+                ctx,
+                tenant_states(self.app),
+                adapter=shared_adapter(self.app),
+                wait=False,  # as the gate: never waits on the State API
+                released=request_was_held(request),
+            )
+            request._tenant_gate_session = session
+        return session
 
 
 def _pattern_of(app: Any) -> Any:

@@ -128,6 +128,14 @@ class TenantStates:
             return entry[1].record
         return self._lookup(context_id, wait=wait).record
 
+    def known(self, context_id: str, *, wait: bool = True) -> Known:
+        """The verdict and the record together, in one look-up (as :meth:`verdict`)."""
+        entry = self.cache.entries.get(context_id)
+        if entry is not None and entry[0] > self._clock():
+            self.hits += 1
+            return entry[1]
+        return self._lookup(context_id, wait=wait)
+
     # -- writes ---------------------------------------------------------------------
 
     def refresh(self, context_id: str, *, raise_errors: bool = False) -> TenantRecord | None:

@@ -184,30 +184,40 @@ class Screening:
             # stands (holding here would fail, and send the task round and round).
             verdict = Verdict.RUN
         if verdict is Verdict.HOLD:
-            queue = self.queue_for(ctx)
-            self.states.store.mark_held(ctx, self._clock())
-            hold_request(
-                task,
-                queue,
-                ctx,
-                producers=self._confirmed,
-                amqp=self._amqp,
-                destination=self._destination(request.delivery_info),
-            )
-            self._after_hold(ctx, queue, {"id": request.id, "task": task.name})
+            self.hold_running(task, request, ctx)
         elif verdict is Verdict.DROP:
-            self._drop(
-                ctx,
-                HeldMessage(
-                    headers={"id": request.id, "task": task.name, "retries": request.retries},
-                    body=repr((request.args, request.kwargs)).encode(),
-                    content_type="text/x-python-repr",
-                    content_encoding="utf-8",
-                ),
-            )
+            self.drop_running(task, request, ctx)
         elif self.hooks:
             tell(self.hooks, "on_run", lambda hooks: hooks.on_run(ctx, task.name))
         return verdict
+
+    def hold_running(self, task: Any, request: Any, ctx: str) -> None:
+        """Hold the task running in this pool process (its *request*): back to the
+        tenant's queue with its id, args and kwargs, no retry counted; the tenant is
+        paused (by ``gate``) for every worker unless it is paused already."""
+        queue = self.queue_for(ctx)
+        self.states.store.mark_held(ctx, self._clock())
+        hold_request(
+            task,
+            queue,
+            ctx,
+            producers=self._confirmed,
+            amqp=self._amqp,
+            destination=self._destination(request.delivery_info),
+        )
+        self._after_hold(ctx, queue, {"id": request.id, "task": task.name})
+
+    def drop_running(self, task: Any, request: Any, ctx: str) -> None:
+        """Drop the task running in this pool process: dead-lettered, ``task_dropped``."""
+        self._drop(
+            ctx,
+            HeldMessage(
+                headers={"id": request.id, "task": task.name, "retries": request.retries},
+                body=repr((request.args, request.kwargs)).encode(),
+                content_type="text/x-python-repr",
+                content_encoding="utf-8",
+            ),
+        )
 
     def _released(self, ctx: str) -> Verdict:
         """The verdict for a task of *ctx* that was held before: while its tenant is

@@ -88,7 +88,8 @@ def plan(
         first = _before_state(record, now)
         if first is not None:
             return first
-        waiting = record.paused_by == "webhook" and now < record.resume_not_before
+        # A notification's minimum pause, or a 429's Retry-After (see .backoff).
+        waiting = record.resumes_by_itself and now < record.resume_not_before
         if (record.paused and not record.resumes_by_itself) or waiting:
             return _NOTHING
         if record.paused_by == "webhook" and record.learnt_at < record.paused_at:

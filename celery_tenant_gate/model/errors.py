@@ -6,6 +6,8 @@ alone says what to fix.
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class TenantGateError(Exception):
     """Base class of every error raised by celery-tenant-gate."""
@@ -91,3 +93,50 @@ class TenantMismatch(StateAPIResponseError):
 class CircuitOpen(StateAPIUnavailable):
     """Recent calls to the State API failed, or it asked to be left alone for a while
     (``Retry-After``): calls are refused, before any request, until ``retry_after``."""
+
+
+class TenantUnavailable(TenantGateError):
+    """The tenant does not run now (its state, a pause, or its API said so): the
+    request was not sent. Raised out of a tenant task's body, the task is held (back to
+    its tenant's queue, no retry counted) and runs again from the start later."""
+
+    def __init__(self, context_id: str, reason: str) -> None:
+        super().__init__(f"tenant {context_id} is not available: {reason}")
+        self.context_id = context_id
+        self.reason = reason
+
+    def __reduce__(self) -> tuple[type[TenantUnavailable], tuple[str, str]]:
+        # Pickled whole (a result backend, an eager call): not from its message alone.
+        return type(self), (self.context_id, self.reason)
+
+
+class TenantDeleted(TenantUnavailable):
+    """The tenant is deleted (or its state says drop): raised out of a tenant task's
+    body, the task is dropped and dead-lettered."""
+
+
+class TenantRateLimited(TenantUnavailable):
+    """The tenant's API answered 429: the tenant is paused for every worker for
+    ``retry_after`` seconds (``Retry-After``), then resumes by itself."""
+
+    def __init__(self, context_id: str, reason: str, retry_after: float) -> None:
+        super().__init__(context_id, reason)
+        self.retry_after = retry_after
+
+    def __reduce__(self) -> Any:
+        return type(self), (self.context_id, self.reason, self.retry_after)
+
+
+class TenantMisdirected(TenantGateError):
+    """The tenant's API answered 421 Misdirected Request again after its state was
+    refreshed (or for a URL that is not on its API): the request was not retried more."""
+
+    def __init__(self, context_id: str, url_host: str, api_host: str, message: str) -> None:
+        super().__init__(f"tenant {context_id}: {message}")
+        self.context_id = context_id
+        self.url_host = url_host
+        self.api_host = api_host
+        self.message = message
+
+    def __reduce__(self) -> Any:
+        return type(self), (self.context_id, self.url_host, self.api_host, self.message)

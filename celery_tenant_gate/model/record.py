@@ -46,8 +46,8 @@ class TenantRecord:
     #: Who paused it: ``manual`` (only a resume by hand ends it), ``gate`` (its state
     #: said hold) or ``webhook``; the last two end when the tenant runs again.
     paused_by: str = ""
-    #: Paused by a notification: not resumed by itself before this time (an Upgrade
-    #: is announced before the State API shows it).
+    #: Paused by a notification or a 429: not resumed by itself before this time (an
+    #: Upgrade is announced before the State API shows it; a 429 says Retry-After).
     resume_not_before: float = 0.0
     #: A Delete notification came: drop the tenant's work after this time even if the
     #: State API has not confirmed it by then (0: no such notification).
