@@ -24,7 +24,7 @@ from typing import Any
 import redis
 from celery import Celery
 
-from celery_tenant_gate import install, tenant_task
+from celery_tenant_gate import install, tenant_session, tenant_task
 from celery_tenant_gate.gate import signals
 
 
@@ -124,6 +124,15 @@ def make_app(env: Mapping[str, str]) -> Celery:
         )
         if self.request.retries == 0:
             raise self.retry()
+        return n
+
+    @tenant_task(app, shared=False, name="gateapp.unbound_calls")
+    def unbound_calls(context_id: str, n: int) -> int:
+        """The same through ``tenant_session`` in a task that is not bound."""
+        session = tenant_session(app, context_id)
+        for i in range(n):
+            session.get(f"v1/Contact/{i + 1}").raise_for_status()
+        ran(kind="unbound_calls", ctx=context_id, n=n)
         return n
 
     @tenant_task(app, shared=False, bind=True, name="gateapp.calls")

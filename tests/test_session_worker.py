@@ -83,6 +83,29 @@ def test_paused_after_the_40th_call_the_task_is_held_and_runs_again_after_resume
 
 
 @pytest.mark.parametrize("broker", ["redis"], indirect=True)
+def test_a_task_that_is_not_bound_is_held_the_same(
+    env: dict[str, str], harness: Harness, superoffice: FakeSuperOffice, host: FakeTenantApi
+) -> None:
+    superoffice.set_state("Cust1", "Running", endpoint=host.base_url)
+    app, gate = _gate(env, "Cust1")
+
+    def suspend() -> None:
+        superoffice.set_state("Cust1", "Suspended", endpoint=host.base_url)
+        apply_notification(gate, change_type=2, context_id="Cust1")  # Suspend
+
+    host.at("Cust1", 10, suspend)
+    harness.worker("solo")
+    sent = app.tasks["gateapp.unbound_calls"].apply_async(("Cust1", 30))
+    _held(gate, "Cust1", 1)
+    assert host.requests("Cust1") == 10
+    (held,) = gate.held("Cust1", 10)
+    assert held.task_id == sent.id
+    superoffice.set_state("Cust1", "Running", endpoint=host.base_url)
+    (ran,) = harness.wait_ran(1)
+    assert (ran["kind"], ran["n"]) == ("unbound_calls", 30)
+
+
+@pytest.mark.parametrize("broker", ["redis"], indirect=True)
 def test_moved_after_the_40th_call_the_task_completes_on_the_new_host(
     env: dict[str, str], harness: Harness, superoffice: FakeSuperOffice, host: FakeTenantApi
 ) -> None:
