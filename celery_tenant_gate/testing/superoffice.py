@@ -30,8 +30,7 @@ import time
 from collections import Counter, deque
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from types import TracebackType
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
@@ -40,6 +39,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
+
+from .serving import QuietServer, Serving
 
 STATE_PATH = "/api/state/"
 JWKS_PATH = "/login/.well-known/jwks"
@@ -104,7 +105,7 @@ def dotnet_timestamp(when: datetime) -> str:
     return when.strftime("%Y-%m-%dT%H:%M:%S.") + f"{when.microsecond:06d}0Z"
 
 
-class FakeSuperOffice:
+class FakeSuperOffice(Serving):
     """A threaded HTTP server playing SuperOffice. Thread-safe; use as a context manager."""
 
     def __init__(
@@ -123,8 +124,8 @@ class FakeSuperOffice:
         self._published: dict[str, rsa.RSAPublicKey] = {kid: self.key.public_key()}
         self._jwks_script: deque[Reply] = deque()
         self._jwks_fetches = 0
-        self._server = _QuietServer((host, port), _handler(self))
-        self._thread: threading.Thread | None = None
+        self._server = QuietServer((host, port), _handler(self))
+        self.thread_name = "fake-superoffice"
 
     @property
     def base_url(self) -> str:
@@ -308,33 +309,6 @@ class FakeSuperOffice:
             body["PublicEndpoint"] = public_endpoint
         return body
 
-    def start(self) -> FakeSuperOffice:
-        self._thread = threading.Thread(
-            target=self._server.serve_forever,
-            kwargs={"poll_interval": 0.05},
-            name="fake-superoffice",
-            daemon=True,
-        )
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        if self._thread is not None:
-            self._thread.join(5)
-
-    def __enter__(self) -> FakeSuperOffice:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-
     # -- what it answers ----------------------------------------------------------
 
     def set_state(
@@ -438,15 +412,6 @@ class FakeSuperOffice:
             return scripted
         jwks = Reply(body=json.dumps(self.jwks()).encode())
         return jwks if scripted is None else replace(scripted, body=jwks.body)
-
-
-class _QuietServer(ThreadingHTTPServer):
-    daemon_threads = True
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        # A client that hangs up early (a timeout, a refused oversized body) is
-        # part of what the tests do, not a failure of the stand-in.
-        pass
 
 
 def _handler(fake: FakeSuperOffice) -> type[BaseHTTPRequestHandler]:

@@ -18,11 +18,11 @@ import time
 from collections import Counter, defaultdict, deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from types import TracebackType
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
+from .serving import QuietServer, Serving
 from .superoffice import Reply
 
 #: The page size of the contact list when the request gives no ``$top``.
@@ -40,12 +40,12 @@ class Seen:
     status: int
 
 
-class FakeTenantApi:
+class FakeTenantApi(Serving):
     """One SuperOffice server: serves ``/{ctx}/api/...`` for any tenant."""
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
-        self._server = _QuietServer((host, port), _handler(self))
-        self._thread: threading.Thread | None = None
+        self._server = QuietServer((host, port), _handler(self))
+        self.thread_name = "fake-tenant-api"
         self._lock = threading.Lock()
         self._count: Counter[str] = Counter()
         self._seen: defaultdict[str, list[Seen]] = defaultdict(list)
@@ -106,33 +106,6 @@ class FakeTenantApi:
 
     # -- running ----------------------------------------------------------------------
 
-    def start(self) -> FakeTenantApi:
-        self._thread = threading.Thread(
-            target=self._server.serve_forever,
-            kwargs={"poll_interval": 0.05},
-            name="fake-tenant-api",
-            daemon=True,
-        )
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        if self._thread is not None:
-            self._thread.join(5)
-
-    def __enter__(self) -> FakeTenantApi:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-
     def _answer(self, method: str, raw_path: str) -> Reply:
         parts = raw_path.split("/", 3)  # "", ctx, "api", rest
         if len(parts) < 3 or parts[2] != "api":
@@ -170,13 +143,6 @@ class FakeTenantApi:
         if skip + top < total:
             page["odata.nextLink"] = f"{self.api(ctx)}/v1/Contact?$skip={skip + top}&$top={top}"
         return json.dumps(page).encode()
-
-
-class _QuietServer(ThreadingHTTPServer):
-    daemon_threads = True
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        pass  # a client that hangs up early is not a failure of the stand-in
 
 
 def _handler(fake: FakeTenantApi) -> type[BaseHTTPRequestHandler]:
